@@ -1,0 +1,30 @@
+# drifting-platform: `make demo` runs the main job, `make test` runs the tests.
+# Both create .venv and install everything the project needs when it is missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+DEMO_OUT ?= runs/demo-digits
+
+.PHONY: venv test test-fast demo clean
+
+venv: $(STAMP)
+
+# reinstall when the dependency list changes
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+# the quick subset: everything but the end-to-end runs
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow"
+
+demo: venv
+	$(BIN)/drifting-platform train experiments/configs/digits.yaml --preset local --out $(DEMO_OUT)
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,379 @@
+"""Strict experiment configs: frozen dataclasses loaded from YAML.
+
+A config file is the base definition plus named ``presets`` (``smoke``, ``local``, ``paper``)
+that override parts of it. Loading is strict, in the spirit of nanoGPT's configurator but
+without ``exec``: an unknown key, a wrong type or an out-of-range value is a ``ConfigError``
+whose message starts with the key's dotted path, raised before any data, model or cluster
+time is spent.
+
+    cfg = load_config("experiments/configs/digits.yaml", preset="smoke",
+                      overrides=["train.steps=50", "drift.temperatures=[0.05]"])
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the offending key path."""
+
+
+# --------------------------------------------------------------------------- schema
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "8gaussians"  # a name of drifting_platform.data.DATASETS
+    n: Optional[int] = None  # toy sets: how many points to draw
+    size: Optional[int] = None  # digits / torchvision sets: side length to resize to
+    root: Optional[str] = None  # torchvision sets: local root (never downloaded)
+    path: Optional[str] = None  # shards: directory, glob or file of Parquet shards
+    limit: Optional[int] = None  # keep the first `limit` samples (quick runs)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "mlp"  # a key of drifting_platform.models.GENERATORS
+    kwargs: dict = field(default_factory=dict)  # passed to the generator factory
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    name: str = "pixel"  # a key of drifting_platform.encoders.ENCODERS
+    kwargs: dict = field(default_factory=dict)  # passed to the encoder factory
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    # the kernel temperatures tau; the paper's default uses all three
+    temperatures: tuple[float, ...] = (0.02, 0.05, 0.2)
+    # anti-symmetry ablation (paper Table 1): V = a * V+ - r * V-
+    attraction_scale: float = 1.0
+    repulsion_scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    # class-grouped batches (paper Sec. 3.5 / Table 2): per step N_c classes, each with
+    # n_gen generated samples, n_pos positives from its class bank, plus n_unc
+    # unconditional data samples shared by all groups as CFG negatives
+    n_classes: int = 1
+    n_gen: int = 256
+    n_pos: int = 256
+    n_unc: int = 0
+
+
+@dataclass(frozen=True)
+class CFGConfig:
+    # classifier-free guidance through negatives (paper Sec. 3.5). The unconditional data
+    # make up a fraction gamma = 1 - 1/alpha of the negatives. With `gamma` unset, alpha is
+    # drawn per class group from [alpha_min, alpha_max] with density ~ alpha^-alpha_power
+    # and the generator is told alpha; with `gamma` set, training uses the fixed
+    # alpha = 1 / (1 - gamma) (the CFG-mixing sweep).
+    enabled: bool = False
+    alpha_min: float = 1.0
+    alpha_max: float = 4.0
+    alpha_power: float = 3.0
+    gamma: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 2000
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    grad_clip: float = 2.0
+    ema_decay: float = 0.999
+    log_every: int = 50  # how often metrics go to the reporter (and so to trackers)
+    ckpt_every: int = 500  # atomic, resumable checkpoints; 0 = only at the end
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast for generator + encoder
+    threads: Optional[int] = None  # torch intra-op threads; None = torch's default
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    num_samples: int = 2000  # generated samples for the final metrics
+    cfg_scale: float = 1.0  # alpha used for the final metrics and sample grid
+    extractor: Literal["digits", "inception"] = "digits"  # image feature extractor for FID
+    inception_weights: Optional[str] = None  # local Inception weights file (never downloaded)
+    batch_size: int = 500
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "experiment"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    cfg: CFGConfig = field(default_factory=CFGConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# --------------------------------------------------------------------------- typing
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check `value` against annotation `tp` and return it in canonical form."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: {value!r} matches none of {tp}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path}: {value!r} is not one of {list(args)}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, path)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{path}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{path}: unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def _build(cls: type, raw: dict, path: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        where = f"{path}.{unknown[0]}" if path else unknown[0]
+        raise ConfigError(f"{where}: unknown key (valid keys here: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name in names:
+        if name in raw:
+            kwargs[name] = _coerce(raw[name], hints[name], f"{path}.{name}" if path else name)
+    return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate(cfg: Config) -> Config:
+    """Range checks that types cannot express. Returns `cfg` or raises ConfigError."""
+    d, s, t, c, e = cfg.drift, cfg.sampling, cfg.train, cfg.cfg, cfg.eval
+    if not d.temperatures:
+        raise ConfigError("drift.temperatures: at least one temperature is needed")
+    for i, tau in enumerate(d.temperatures):
+        if not tau > 0:
+            raise ConfigError(f"drift.temperatures[{i}]: temperature must be > 0, got {tau}")
+    for key in ("attraction_scale", "repulsion_scale"):
+        if getattr(d, key) < 0:
+            raise ConfigError(f"drift.{key}: must be >= 0, got {getattr(d, key)}")
+    for key in ("n_classes", "n_gen", "n_pos"):
+        if getattr(s, key) < 1:
+            raise ConfigError(f"sampling.{key}: must be >= 1, got {getattr(s, key)}")
+    if s.n_gen < 2:
+        raise ConfigError("sampling.n_gen: at least 2 generated samples per class are needed (they are each other's negatives)")
+    if s.n_unc < 0:
+        raise ConfigError(f"sampling.n_unc: must be >= 0, got {s.n_unc}")
+    if c.gamma is not None and not 0.0 <= c.gamma < 1.0:
+        raise ConfigError(f"cfg.gamma: CFG mixing must lie in [0, 1), got {c.gamma}")
+    if not 1.0 <= c.alpha_min <= c.alpha_max:
+        raise ConfigError(f"cfg.alpha_min: need 1 <= alpha_min <= alpha_max, got {c.alpha_min}, {c.alpha_max}")
+    if c.enabled and s.n_unc < 1:
+        raise ConfigError("sampling.n_unc: CFG (cfg.enabled) needs unconditional negatives, n_unc >= 1")
+    if t.steps < 1:
+        raise ConfigError(f"train.steps: must be >= 1, got {t.steps}")
+    if t.lr <= 0:
+        raise ConfigError(f"train.lr: must be > 0, got {t.lr}")
+    for i, b in enumerate(t.betas):
+        if not 0.0 <= b < 1.0:
+            raise ConfigError(f"train.betas[{i}]: must lie in [0, 1), got {b}")
+    if not 0.0 <= t.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay: must lie in [0, 1), got {t.ema_decay}")
+    for key in ("warmup_steps", "ckpt_every"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"train.{key}: must be >= 0, got {getattr(t, key)}")
+    if t.log_every < 1:
+        raise ConfigError(f"train.log_every: must be >= 1, got {t.log_every}")
+    if t.grad_clip <= 0:
+        raise ConfigError(f"train.grad_clip: must be > 0, got {t.grad_clip}")
+    if e.num_samples < 1:
+        raise ConfigError(f"eval.num_samples: must be >= 1, got {e.num_samples}")
+    if e.cfg_scale < 1.0:
+        raise ConfigError(f"eval.cfg_scale: CFG scale alpha must be >= 1, got {e.cfg_scale}")
+    if e.extractor == "inception" and not e.inception_weights:
+        raise ConfigError("eval.inception_weights: the inception extractor needs a local weights file")
+    return cfg
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    """Return `base` with `update` merged in; nested mappings merge, everything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(item: str) -> dict:
+    """`a.b.c=VALUE` -> {"a": {"b": {"c": VALUE}}}; VALUE is read as YAML (numbers, lists...)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key.path=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {item!r}: bad key path")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{key}: cannot read value {raw!r}: {exc}") from None
+    out: dict = value
+    for part in reversed(key.split(".")):
+        out = {part: out}
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return raw
+
+
+def resolve_raw(raw: dict, preset: Optional[str] = None, overrides: tuple[str, ...] | list[str] = ()) -> dict:
+    """Apply a preset and `--set` overrides to a raw config mapping (not yet validated)."""
+    raw = copy.deepcopy(raw)
+    presets = raw.pop("presets", {}) or {}
+    if not isinstance(presets, dict):
+        raise ConfigError("presets: expected a mapping of preset name -> overrides")
+    if preset not in (None, "", "default"):
+        if preset not in presets:
+            raise ConfigError(f"presets.{preset}: no such preset (available: {', '.join(sorted(presets)) or 'none'})")
+        if not isinstance(presets[preset], dict):
+            raise ConfigError(f"presets.{preset}: expected a mapping of overrides")
+        raw = deep_merge(raw, presets[preset])
+    for item in overrides:
+        raw = deep_merge(raw, parse_override(item))
+    return raw
+
+
+def from_dict(raw: dict) -> Config:
+    return validate(_build(Config, raw, ""))
+
+
+def load_config(path: str | Path, preset: Optional[str] = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:
+    """Read, merge preset and overrides, type-check and range-check one experiment config."""
+    raw = read_yaml(path)
+    if "presets" in raw and isinstance(raw["presets"], dict):
+        # every preset must itself produce a valid config: catch a broken `paper`
+        # preset on a laptop, not on the cluster
+        for name in raw["presets"]:
+            if name != preset:
+                try:
+                    from_dict(resolve_raw(raw, name))
+                except ConfigError as exc:
+                    raise ConfigError(f"presets.{name}: {exc}") from None
+    return from_dict(resolve_raw(raw, preset, overrides))
+
+
+def expand_path(value: Optional[str], key: str) -> Optional[str]:
+    """Expand ~ and $VARS in a path from a config; an unset variable is a ConfigError."""
+    if value is None:
+        return None
+    import os
+    import re
+
+    out = os.path.expanduser(os.path.expandvars(value))
+    left = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", out)
+    if left:
+        raise ConfigError(f"{key}: environment variable {left[0]} is not set (in {value!r})")
+    return out
+
+
+def preset_names(path: str | Path) -> list[str]:
+    return sorted((read_yaml(path).get("presets") or {}).keys())
+
+
+def to_dict(cfg: Config) -> dict:
+    """Plain nested dict (tuples as lists), YAML- and JSON-friendly."""
+
+    def conv(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return v
+
+    return conv(dataclasses.asdict(cfg))
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: for params in trackers."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out

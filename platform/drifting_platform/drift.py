@@ -1,0 +1,312 @@
+"""The drifting field and the drifting loss (Deng et al., 2026, "Generative Modeling via Drifting").
+
+Pure tensor code: no I/O, no Ray, no MLflow.
+
+Notation (paper, Sec. 3): a generator f maps noise to samples x = f(eps) ~ q. The drifting
+field V_{p,q}(x) moves x towards the data distribution p and away from the current generated
+distribution q; training regresses the generator's output onto its own drifted, stop-gradient
+copy (paper Eq. 6):
+
+    L = E || f(eps) - stopgrad(f(eps) + V(f(eps))) ||^2,
+
+whose gradient is -2 V (up to normalisation), so the generator follows the field. With a kernel
+k(x, y) = exp(-|x - y| / tau) the field splits into attraction towards positives and repulsion
+from negatives (paper Eq. 8-11, Algorithm 2):
+
+    V(x) = V+(x) - V-(x),
+    V+(x) = sum_j W+_j (y+_j - x),   V-(x) = sum_j W-_j (y-_j - x),
+
+with the kernel doubly normalised (softmax over the targets y and over the generated x) and
+the two halves cross-weighted by each other's total mass, so that V = 0 when p = q (the
+field is anti-symmetric: swapping p and q negates it).
+
+``drift_loss`` is the batched feature-space version used for training (it matches the authors'
+JAX release number for number, see /work/shared/golden); ``drift_field`` is the paper's
+Algorithm 2 on raw coordinates (one temperature, no normalisation), for toy data and tests.
+``sample_cfg_alpha`` and ``cfg_negative_weight`` implement the classifier-free-guidance
+training recipe (unconditional data as extra, weighted negatives).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["drift_loss", "drift_field", "sample_cfg_alpha", "cfg_negative_weight"]
+
+# Constants of the release's computation (the golden numbers depend on each of them).
+_DIST2_FLOOR = 1e-8  # squared distances are floored before the sqrt (sqrt'(0) = inf)
+_SCALE_FLOOR = 1e-3  # the feature scale never goes below this (collapsed / tiny inputs)
+_AFFINITY_FLOOR = 1e-6  # softmax_row * softmax_col is floored before the sqrt
+_SELF_DISTANCE = 100.0  # added to a generated sample's normalised distance to itself
+_RMS_FLOOR = 1e-8  # floor on a temperature's mean squared force before dividing by its root
+
+
+def _check_features(name: str, t: Tensor, batch: int | None = None, dim: int | None = None) -> None:
+    if t.dim() != 3:
+        raise ValueError(f"{name} must be [B, C, S], got shape {tuple(t.shape)}")
+    if batch is not None and t.shape[0] != batch:
+        raise ValueError(f"{name} has batch {t.shape[0]}, expected {batch}")
+    if dim is not None and t.shape[2] != dim:
+        raise ValueError(f"{name} has feature size {t.shape[2]}, expected {dim}")
+
+
+def _weights(name: str, w: Tensor | None, like: Tensor) -> Tensor:
+    """Per-sample weights [B, C] as float32 constants (None = ones)."""
+    shape = like.shape[:2]
+    if w is None:
+        return torch.ones(shape, dtype=torch.float32, device=like.device)
+    if tuple(w.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(w.shape)}")
+    return w.detach().to(device=like.device, dtype=torch.float32)
+
+
+def _pairwise_distance(x: Tensor, y: Tensor) -> Tensor:
+    """Euclidean distances through one batched matmul.
+
+    x [B, M, S], y [B, N, S] -> dist [B, M, N],
+    dist_ij = sqrt(max(|x_i|^2 + |y_j|^2 - 2 x_i . y_j, 1e-8)).
+
+    The expanded form (rather than |x_i - y_j|) is what the release computes; it costs one
+    bmm instead of a [B, M, N, S] difference tensor. Its rounding leaves a sample's distance
+    to itself at about 1e-4 instead of 0, which the golden ``scale`` includes.
+    """
+    x2 = x.square().sum(-1, keepdim=True)  # [B, M, 1]
+    y2 = y.square().sum(-1).unsqueeze(-2)  # [B, 1, N]
+    d2 = torch.baddbmm(x2 + y2, x, y.transpose(1, 2), alpha=-2.0)
+    return d2.clamp_(min=_DIST2_FLOOR).sqrt_()
+
+
+def drift_loss(
+    gen: Tensor,
+    pos: Tensor,
+    neg: Tensor | None = None,
+    *,
+    weight_gen: Tensor | None = None,
+    weight_pos: Tensor | None = None,
+    weight_neg: Tensor | None = None,
+    temperatures: Sequence[float] = (0.02, 0.05, 0.2),
+    attraction_scale: float = 1.0,
+    repulsion_scale: float = 1.0,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Multi-temperature drifting loss on feature sets, one value per class group.
+
+    Args:
+        gen: [B, C_g, S] generated features; the only input that receives a gradient.
+        pos: [B, C_p, S] positive (data) features of the same class group.
+        neg: [B, C_n, S] extra negatives (e.g. unconditional data for CFG), or None.
+        weight_gen, weight_pos, weight_neg: [B, C_*] per-sample weights (None = ones).
+            A target's weight multiplies its affinity column and its share of ``scale``.
+        temperatures: kernel temperatures R (in units of the normalised distance).
+        attraction_scale, repulsion_scale: multiply V+ and V- of every temperature before
+            that temperature's RMS normalisation (ablations such as 1.5 V+ - V-; (1, 0) is
+            attraction only). (1, 1) is the paper's anti-symmetric field.
+
+    Returns:
+        loss: [B] float32, mean over (C_g, S) of (gen / s - stopgrad(x + V))^2.
+        info: scalar float32 tensors (detached): ``scale`` (mean weighted distance),
+            ``loss_R{float(R)}`` (mean squared raw force at temperature R, e.g.
+            ``loss_R0.05``) and ``drift_norm`` (RMS of the summed, normalised force).
+
+    Computation (all in float32, everything but the last line without gradient). The targets
+    are y = [gen (detached), neg, pos] (N = C_g + C_n + C_p columns) with weights w:
+
+        d_ij     = |x_i - y_j|                               # [B, C_g, N]
+        scale    = mean_{b,i,j}(d_ij w_j) / mean_{b,j}(w_j)
+        s        = max(scale / sqrt(S), 1e-3)                # features are used as x / s
+        dn_ij    = d_ij / max(scale, 1e-3)  (+100 where y_j is x_i itself)
+        for each R:
+            l_ij  = -dn_ij / R
+            A_ij  = sqrt(max(softmax_j(l)_ij * softmax_i(l)_ij, 1e-6)) * w_j
+            W+_ij = A+_ij * sum_k A-_ik,   W-_ij = A-_ij * sum_k A+_ik
+                    (A- = columns of gen and neg, A+ = columns of pos)
+            F_R(x_i) = a * sum_j W+_ij (y_j - x_i) - r * sum_j W-_ij (y_j - x_i)
+            loss_R   = mean(F_R^2);   F_R <- F_R / sqrt(max(loss_R, 1e-8))
+        goal = x / s + sum_R F_R
+        loss = mean_{i,s}(gen / s - goal)^2
+
+    Normalising features by their mean distance makes the temperatures scale-free; dividing
+    each temperature's force by its RMS gives every temperature an equal say, so the
+    (normalised) loss stays near len(temperatures) and its gradient is -2 F / (C_g S s).
+    """
+    _check_features("gen", gen)
+    B, C_g, S = gen.shape
+    _check_features("pos", pos, B, S)
+    if neg is not None:
+        _check_features("neg", neg, B, S)
+    temperatures = tuple(float(r) for r in temperatures)
+    if not temperatures or min(temperatures) <= 0:
+        raise ValueError(f"temperatures must be positive and non-empty, got {temperatures}")
+
+    # Autocast would run the matmuls in bf16/fp16; the field is a small difference of large
+    # terms, so the whole computation is pinned to float32 whatever the caller's context.
+    with torch.autocast(device_type=gen.device.type, enabled=False):
+        gen32 = gen.float()
+        with torch.no_grad():
+            x = gen32.detach()  # [B, C_g, S]
+            target_parts = [x]
+            weight_parts = [_weights("weight_gen", weight_gen, gen)]
+            if neg is not None:
+                target_parts.append(neg.detach().float())
+                weight_parts.append(_weights("weight_neg", weight_neg, neg))
+            target_parts.append(pos.detach().float())
+            weight_parts.append(_weights("weight_pos", weight_pos, pos))
+            y = torch.cat(target_parts, dim=1)  # [B, N, S]
+            w = torch.cat(weight_parts, dim=1)  # [B, N]
+            n_neg = y.shape[1] - pos.shape[1]  # generated + extra negatives come first
+            w_col = w.unsqueeze(1)  # [B, 1, N]: a target's weight scales its column
+
+            dist = _pairwise_distance(x, y)  # [B, C_g, N], computed once for all R
+            scale = (dist * w_col).mean() / w.mean()
+            scale_inputs = (scale / math.sqrt(S)).clamp(min=_SCALE_FLOOR)
+            x_s = x / scale_inputs
+            y_s = y / scale_inputs
+            dist_n = dist.div_(scale.clamp(min=_SCALE_FLOOR))  # reuse dist's storage
+            # A sample must not repel itself: push its self-distance out of the kernel's reach.
+            dist_n[:, :, :C_g].diagonal(dim1=1, dim2=2).add_(_SELF_DISTANCE)
+
+            info: dict[str, Tensor] = {"scale": scale}
+            total = torch.zeros_like(x_s)  # accumulated so memory does not grow with len(R)
+            for r in temperatures:
+                logits = dist_n / -r
+                # Doubly normalised kernel: over targets (rows) and over generated samples
+                # (columns); the geometric mean keeps it symmetric in the two roles.
+                affinity = torch.softmax(logits, dim=-1).mul_(torch.softmax(logits, dim=-2))
+                del logits
+                affinity.clamp_(min=_AFFINITY_FLOOR).sqrt_().mul_(w_col)
+                a_neg, a_pos = affinity[..., :n_neg], affinity[..., n_neg:]  # views
+                sum_neg = a_neg.sum(-1, keepdim=True)  # [B, C_g, 1]
+                sum_pos = a_pos.sum(-1, keepdim=True)
+                # Cross-weighting (in place: affinity becomes the signed coefficient matrix):
+                # with a = r = 1 both halves carry the same total mass, so V = 0 when p = q.
+                a_pos.mul_(sum_neg * attraction_scale)
+                a_neg.mul_(sum_pos * -repulsion_scale)
+                coeff = affinity
+                # F_i = sum_j c_ij y_j - (sum_j c_ij) x_i, as one baddbmm.
+                force = torch.baddbmm(x_s * -coeff.sum(-1, keepdim=True), coeff, y_s)
+                del affinity, a_neg, a_pos, coeff
+                mean_sq = force.square().mean()
+                info[f"loss_R{r}"] = mean_sq
+                total.add_(force.div_(mean_sq.clamp(min=_RMS_FLOOR).sqrt()))
+            goal = x_s.add_(total)  # x_s is not needed any more
+            info["drift_norm"] = total.square().mean().sqrt()
+
+        # The only differentiable expression: s and goal are constants.
+        loss = (gen32 / scale_inputs - goal).square().mean(dim=(1, 2))
+    return loss, info
+
+
+def drift_field(
+    x: Tensor,
+    y_pos: Tensor,
+    y_neg: Tensor,
+    temperature: float,
+    *,
+    attraction_scale: float = 1.0,
+    repulsion_scale: float = 1.0,
+) -> Tensor:
+    """The paper's Algorithm 2: the drifting field at one temperature, on raw coordinates.
+
+    Args:
+        x: [N, D] generated samples (where the field is evaluated).
+        y_pos: [N_pos, D] positives (samples of p).
+        y_neg: [N_neg, D] negatives (samples of q). Pass ``x`` itself (the same object) to use
+            the generated batch as negatives: each sample's pair with itself is then masked.
+        temperature: tau of the kernel k(x, y) = exp(-|x - y| / tau), in data units.
+        attraction_scale, repulsion_scale: a and r in V = a V+ - r V-.
+
+    Returns:
+        V: [N, D] (float32, or float64 for float64 inputs), computed without gradient (the
+        field is a stop-gradient regression target).
+
+    With logits l = -[|x - y_pos|, |x - y_neg|] / tau over the concatenated targets,
+
+        A  = sqrt(softmax_y(l) * softmax_x(l)),   A = [A+ | A-]
+        W+ = A+ * rowsum(A-),   W- = A- * rowsum(A+)
+        V  = a (W+ y_pos - rowsum(W+) x) - r (W- y_neg - rowsum(W-) x).
+
+    rowsum(W+) = rowsum(W-), so with a = r the x terms cancel (V = W+ y_pos - W- y_neg, as
+    written in the paper). Contracts: swapping y_pos and y_neg negates V; V = 0 when y_pos
+    and y_neg hold the same points.
+    """
+    if x.dim() != 2 or y_pos.dim() != 2 or y_neg.dim() != 2:
+        raise ValueError("x, y_pos and y_neg must be [N, D] matrices")
+    if not (x.shape[1] == y_pos.shape[1] == y_neg.shape[1]):
+        raise ValueError("x, y_pos and y_neg must have the same feature size D")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    mask_self = y_neg is x  # identity, not equality: equal copies are genuine negatives
+    dtype = torch.float64 if torch.float64 in (x.dtype, y_pos.dtype, y_neg.dtype) else torch.float32
+    n_pos = y_pos.shape[0]
+
+    with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
+        x, y_pos, y_neg = x.to(dtype), y_pos.to(dtype), y_neg.to(dtype)
+        logits = torch.cdist(x, torch.cat([y_pos, y_neg], dim=0)).div_(-temperature)  # [N, N_pos + N_neg]
+        if mask_self:
+            # Infinite distance to itself (the most negative finite logit, so that a column
+            # that is all masked, N = 1, still softmaxes without NaN).
+            logits[:, n_pos:].diagonal().fill_(torch.finfo(dtype).min)
+        affinity = (torch.softmax(logits, dim=-1) * torch.softmax(logits, dim=-2)).sqrt_()
+        a_pos, a_neg = affinity[:, :n_pos], affinity[:, n_pos:]
+        w_pos = a_pos * a_neg.sum(-1, keepdim=True)
+        w_neg = a_neg * a_pos.sum(-1, keepdim=True)
+        v_pos = w_pos @ y_pos - w_pos.sum(-1, keepdim=True) * x
+        v_neg = w_neg @ y_neg - w_neg.sum(-1, keepdim=True) * x
+        return attraction_scale * v_pos - repulsion_scale * v_neg
+
+
+def sample_cfg_alpha(
+    n: int,
+    *,
+    low: float = 1.0,
+    high: float = 4.0,
+    power: float = 3.0,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Sample CFG scales alpha [n] (float32) with density proportional to alpha^(-power) on [low, high].
+
+    Inverse-CDF sampling from u ~ U(0, 1), with e = 1 - power:
+
+        alpha = (low^e + u (high^e - low^e))^(1 / e)     (power != 1)
+        alpha = low (high / low)^u                       (power == 1: log-uniform)
+
+    power = 0 is uniform. The paper trains with a range of alpha so that one model serves
+    every guidance scale at inference; power > 0 favours small alpha.
+    """
+    if n < 0:
+        raise ValueError(f"n must be non-negative, got {n}")
+    if not (0 <= low <= high):
+        raise ValueError(f"need 0 <= low <= high, got low={low}, high={high}")
+    if power >= 1 and low <= 0:
+        raise ValueError(f"power={power} needs low > 0 (alpha^-power is not integrable at 0)")
+    u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+    if low == high:
+        alpha = torch.full_like(u, low)
+    elif power == 1:
+        alpha = low * (high / low) ** u
+    else:
+        e = 1.0 - power
+        alpha = (low**e + u * (high**e - low**e)) ** (1.0 / e)
+    # Rounding must not step outside the support.
+    return alpha.clamp_(low, high).float()
+
+
+def cfg_negative_weight(alpha: Tensor | float, n_gen: int, n_unc: int) -> Tensor:
+    """Weight of each unconditional negative in a class group with CFG scale alpha.
+
+    w = (alpha - 1)(n_gen - 1) / n_unc: the n_gen - 1 other generated samples of the group
+    act as negatives with unit weight each, so the n_unc unconditional samples together
+    weigh alpha - 1 times as much. The negative distribution becomes a mixture of q and the
+    unconditional p, and at equilibrium the generator samples the CFG distribution of scale
+    alpha. Zero at alpha = 1 (no guidance). Returns a float32 tensor shaped like alpha.
+    """
+    if n_unc <= 0:
+        raise ValueError(f"n_unc must be positive, got {n_unc}")
+    if n_gen < 1:
+        raise ValueError(f"n_gen must be at least 1, got {n_gen}")
+    alpha = torch.as_tensor(alpha, dtype=torch.float32)
+    return (alpha - 1.0) * ((n_gen - 1) / n_unc)

@@ -1,0 +1,88 @@
+"""From a class-grouped batch of features to the drifting loss (paper Sec. 3.4-3.5).
+
+Pure tensor code, shared by the training loop and the tests. Each feature set of the
+encoder is an independent drifting problem: its L tokens are folded into the loss's batch
+dimension, so a feature set of shape [N, L, S] becomes N_c * L class groups of S-dim points.
+The per-set losses are averaged over groups and summed over sets (paper App. A.5: "the
+losses of all feature sets are summed").
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..drift import drift_loss
+
+
+def fold_groups(feat: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """[n_groups * n, L, S] -> [n_groups * L, n, S]: one row of the loss per (group, token)."""
+    total, L, S = feat.shape
+    n = total // n_groups
+    return feat.reshape(n_groups, n, L, S).permute(0, 2, 1, 3).reshape(n_groups * L, n, S)
+
+
+def shared_negatives(feat: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """[N_unc, L, S] unconditional features -> [n_groups * L, N_unc, S], the same for every group."""
+    n_unc, L, S = feat.shape
+    return feat.permute(1, 0, 2).unsqueeze(0).expand(n_groups, L, n_unc, S).reshape(n_groups * L, n_unc, S)
+
+
+def group_drift_loss(
+    gen_feats: dict[str, torch.Tensor],
+    pos_feats: dict[str, torch.Tensor],
+    unc_feats: Optional[dict[str, torch.Tensor]],
+    *,
+    n_groups: int,
+    unc_weight: Optional[torch.Tensor] = None,
+    temperatures: tuple[float, ...] = (0.02, 0.05, 0.2),
+    attraction_scale: float = 1.0,
+    repulsion_scale: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Sum over feature sets of the mean drifting loss of every class group.
+
+    gen_feats[k]: [N_c * n_gen, L, S] (carries gradient); pos_feats[k]: [N_c * n_pos, L, S];
+    unc_feats[k]: [N_unc, L, S] or None; unc_weight: [N_c], the weight of each unconditional
+    negative in each group (zero at CFG scale 1). Returns (scalar loss, diagnostics), where
+    the diagnostics hold each temperature's raw force, averaged over feature sets: it keeps
+    moving when the normalised loss sits near its constant value.
+    """
+    total = None
+    raw: dict[str, list[float]] = {}
+    per_set: dict[str, float] = {}
+    for name, g in gen_feats.items():
+        L = g.shape[1]
+        gen = fold_groups(g, n_groups)
+        pos = fold_groups(pos_feats[name], n_groups)
+        neg = weight_neg = None
+        if unc_feats is not None and unc_feats[name].shape[0] > 0:
+            neg = shared_negatives(unc_feats[name], n_groups)
+            w = unc_weight if unc_weight is not None else torch.ones(n_groups, device=g.device)
+            weight_neg = w.to(torch.float32).reshape(n_groups, 1, 1).expand(n_groups, L, neg.shape[1]).reshape(n_groups * L, neg.shape[1])
+        loss, info = drift_loss(
+            gen, pos, neg, weight_neg=weight_neg, temperatures=temperatures,
+            attraction_scale=attraction_scale, repulsion_scale=repulsion_scale,
+        )
+        set_loss = loss.mean()
+        total = set_loss if total is None else total + set_loss
+        per_set[name] = float(set_loss.detach())
+        for key, value in info.items():
+            if key.startswith("loss_R"):
+                raw.setdefault(key[len("loss_R"):], []).append(float(value))
+    metrics = {f"drift_raw/tau_{tau}": sum(v) / len(v) for tau, v in raw.items()}
+    metrics["feature_sets"] = float(len(per_set))
+    assert total is not None, "the encoder returned no feature sets"
+    return total, metrics
+
+
+def spread_ratio(x_gen: torch.Tensor, x_pos: torch.Tensor, n_groups: int) -> float:
+    """Collapse indicator: mean per-class std of generated samples / that of the data.
+
+    ~1 when the generator covers its classes as widely as the data; -> 0 when it collapses.
+    """
+    g = x_gen.detach().reshape(n_groups, -1, x_gen[0].numel()).float()
+    p = x_pos.detach().reshape(n_groups, -1, x_pos[0].numel()).float()
+    gs = g.std(dim=1).mean()
+    ps = p.std(dim=1).mean().clamp_min(1e-12)
+    return float(gs / ps)
