@@ -1,0 +1,172 @@
+"""End-to-end runs of the one-process trainer and the sampler (contracts 3 and 4)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import CONFIGS
+from drifting_platform.config import ConfigError, load_config
+from drifting_platform.train import TrainingDiverged, training_loop
+from drifting_platform.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+CLI = str(Path(sys.executable).parent / "drifting-platform")
+
+
+def run_cli(*args, check=True):
+    out = subprocess.run([CLI, *args], capture_output=True, text=True)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{out.stdout}\n{out.stderr}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("toy")
+    run_cli("train", str(CONFIGS / "toy_8gaussians.yaml"), "--preset", "smoke", "--out", str(out), "--quiet")
+    return out
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("digits")
+    run_cli("train", str(CONFIGS / "digits.yaml"), "--preset", "smoke", "--out", str(out), "--quiet")
+    return out
+
+
+def test_toy_summary_and_files(toy_run):
+    summary = json.loads((toy_run / "summary.json").read_text())
+    assert summary["steps"] == 60 and summary["seconds"] > 0
+    assert 0 <= summary["modes_covered"] <= 8 and np.isfinite(summary["mmd"])
+    lines = [json.loads(l) for l in (toy_run / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines] == [20, 40, 60]
+    assert all(np.isfinite(l["loss"]) and "spread_ratio" in l and "drift_raw/tau_0.05" in l for l in lines)
+    assert (toy_run / "samples.png").stat().st_size > 1000
+
+
+def test_digits_summary_has_image_metrics(digits_run):
+    summary = json.loads((digits_run / "summary.json").read_text())
+    assert summary["steps"] == 6
+    assert summary["fid"] > 0 and np.isfinite(summary["kid"])
+    with np.load(digits_run / "samples.npz") as f:
+        assert f["samples"].shape == (200, 1, 8, 8) and f["samples"].dtype == np.float32
+        assert f["samples"].min() >= 0 and f["samples"].max() <= 1
+
+
+def test_sample_contract(digits_run, tmp_path):
+    out = tmp_path / "s.npz"
+    run_cli("sample", str(digits_run), "--num", "25", "--out", str(out), "--cfg-scale", "2.0", "--seed", "3")
+    with np.load(out) as f:
+        s, l = f["samples"], f["labels"]
+    assert s.shape == (25, 1, 8, 8) and s.dtype == np.float32 and l.dtype == np.int64
+    assert np.bincount(l, minlength=10).max() - np.bincount(l, minlength=10).min() <= 1  # balanced
+    assert 0 <= s.min() and s.max() <= 1
+    again = tmp_path / "t.npz"
+    run_cli("sample", str(digits_run), "--num", "25", "--out", str(again), "--cfg-scale", "2.0", "--seed", "3")
+    with np.load(again) as f:
+        np.testing.assert_array_equal(f["samples"], s)  # same seed, same samples
+    other = tmp_path / "u.npz"
+    run_cli("sample", str(digits_run), "--num", "25", "--out", str(other), "--cfg-scale", "1.0", "--seed", "3")
+    with np.load(other) as f:
+        assert not np.array_equal(f["samples"], s)  # alpha reaches the generator
+
+
+def test_toy_sample_is_in_data_coordinates(toy_run, tmp_path):
+    out = tmp_path / "s.npz"
+    run_cli("sample", str(toy_run), "--num", "100", "--out", str(out))
+    with np.load(out) as f:
+        assert f["samples"].shape == (100, 2) and (f["labels"] == 0).all()
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    over = ["train.steps=8", "train.ckpt_every=4", "train.log_every=2", "sampling.n_gen=32", "sampling.n_pos=32"]
+    full = load_config(CONFIGS / "toy_8gaussians.yaml", "smoke", over)
+    training_loop(full, tmp_path / "full", progress=False, evaluate=False)
+    half = load_config(CONFIGS / "toy_8gaussians.yaml", "smoke", [*over, "train.steps=4"])
+    training_loop(half, tmp_path / "resumed", progress=False, evaluate=False)
+    training_loop(full, tmp_path / "resumed", progress=False, evaluate=False)
+    a = load_checkpoint(tmp_path / "full")
+    b = load_checkpoint(tmp_path / "resumed")
+    assert a["step"] == b["step"] == 8
+    for k in a["generator"]:
+        torch.testing.assert_close(a["generator"][k], b["generator"][k], rtol=1e-5, atol=1e-6)
+    steps = [json.loads(l)["step"] for l in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4, 6, 8]  # one continuous history, no duplicates
+
+
+def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
+    bad = tmp_path / "checkpoint.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_checkpoint(tmp_path)
+    torch.save({"weights": torch.zeros(2)}, bad)
+    with pytest.raises(CheckpointError, match="not a drifting-platform checkpoint"):
+        load_checkpoint(tmp_path)
+    out = run_cli("sample", str(tmp_path), "--num", "4", "--out", str(tmp_path / "x.npz"), check=False)
+    assert out.returncode != 0 and "not a drifting-platform checkpoint" in out.stderr
+
+
+def test_checkpoint_of_other_config_is_not_resumed(tmp_path):
+    cfg = load_config(CONFIGS / "toy_8gaussians.yaml", "smoke", ["train.steps=2"])
+    training_loop(cfg, tmp_path, progress=False, evaluate=False)
+    other = load_config(CONFIGS / "toy_8gaussians.yaml", "smoke", ["train.steps=4", "model.kwargs.hidden=64"])
+    with pytest.raises(CheckpointError, match="different model"):
+        training_loop(other, tmp_path, progress=False, evaluate=False)
+
+
+def test_atomic_save_keeps_previous_on_failure(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint({"step": 1, "x": torch.ones(3)}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        save_checkpoint({"step": 2, "x": Unpicklable()}, path)
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temp file left
+
+
+def test_divergence_names_step_and_metric(tmp_path):
+    cfg = load_config(CONFIGS / "toy_8gaussians.yaml", "smoke", ["train.steps=50", "train.lr=1e30", "train.grad_clip=1e30", "train.warmup_steps=0"])
+    with pytest.raises(TrainingDiverged, match=r"step \d+: \S+ is (nan|inf)"):
+        training_loop(cfg, tmp_path, progress=False, evaluate=False)
+
+
+def test_bad_config_fails_before_work(tmp_path):
+    out = run_cli("train", str(CONFIGS / "digits.yaml"), "--preset", "smoke", "--out", str(tmp_path / "r"), "--set", "drift.temperatures=[0.05, -1]", check=False)
+    assert out.returncode != 0 and "drift.temperatures[1]" in out.stderr
+    assert not (tmp_path / "r").exists()
+    cfg = load_config(CONFIGS / "digits.yaml", "smoke", ["sampling.n_classes=11"])
+    with pytest.raises(ConfigError, match="sampling.n_classes"):
+        training_loop(cfg, tmp_path / "r2", progress=False)
+
+
+def test_paper_preset_runs_on_a_synthetic_shard(tmp_path):
+    """The paper preset's code path (shards -> DiT -> CFG) on a tiny synthetic latent shard."""
+    from drifting_platform.data import make_synthetic_latents, write_shards
+
+    write_shards(make_synthetic_latents(64, shape=(4, 8, 8), num_classes=4, seed=0), tmp_path / "shards", shard_size=32)
+    over = [
+        f"data.path={tmp_path / 'shards'}", "model.name=dit-s/2", "encoder.kwargs.widths=[8, 16]",
+        "sampling.n_classes=2", "sampling.n_gen=4", "sampling.n_pos=4", "sampling.n_unc=4",
+        "train.steps=2", "train.device=cpu", "train.precision=bf16", "train.warmup_steps=1",
+        "eval.num_samples=8", "eval.extractor=digits", "eval.inception_weights=null",
+    ]
+    cfg = load_config(CONFIGS / "digits.yaml", "paper", over)
+    summary = training_loop(cfg, tmp_path / "run", progress=False)
+    assert summary["steps"] == 2
+    with np.load(tmp_path / "run" / "samples.npz") as f:
+        assert f["samples"].shape == (8, 4, 8, 8)
+
+
+def test_paper_preset_without_data_env_is_a_config_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("DRIFTING_DATA", raising=False)
+    cfg = load_config(CONFIGS / "digits.yaml", "paper")
+    with pytest.raises(ConfigError, match="DRIFTING_DATA is not set"):
+        training_loop(cfg, tmp_path, progress=False)
