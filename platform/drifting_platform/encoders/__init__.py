@@ -1,0 +1,15 @@
+"""Frozen feature encoders behind one interface (see docs/internals.md, `encoders/`).
+
+    enc = build_encoder("random_cnn", (1, 16, 16), widths=(32, 64))
+    feats = enc(x)          # {"flat": [N, 1, 256], "s1.loc": [N, 256, 32], ...}
+"""
+
+from .base import ENCODERS, Encoder, build_encoder, register_encoder
+from .multiscale import STD_EPS, multiscale_features
+from .pixel import PixelEncoder
+from .random_cnn import RandomCNNEncoder
+
+__all__ = [
+    "ENCODERS", "STD_EPS", "Encoder", "PixelEncoder", "RandomCNNEncoder",
+    "build_encoder", "multiscale_features", "register_encoder",
+]
