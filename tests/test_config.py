@@ -69,6 +69,13 @@ def test_valid_gamma_and_int_as_float():
     assert cfg.cfg.gamma == 0.5 and cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
 
 
+def test_yaml_exponent_without_dot_is_a_number():
+    # PyYAML reads `1e-3` as a string; configs written that way must still work
+    assert from_dict(parse_override("train.lr=1e-3")).train.lr == 1e-3
+    with pytest.raises(ConfigError, match=r"^train\.lr: expected a number"):
+        from_dict({"train": {"lr": "fast"}})
+
+
 def test_override_parsing():
     assert parse_override("train.steps=5") == {"train": {"steps": 5}}
     assert parse_override("drift.temperatures=[0.1, 0.2]") == {"drift": {"temperatures": [0.1, 0.2]}}

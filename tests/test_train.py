@@ -167,6 +167,6 @@ def test_paper_preset_runs_on_a_synthetic_shard(tmp_path):
 
 def test_paper_preset_without_data_env_is_a_config_error(tmp_path, monkeypatch):
     monkeypatch.delenv("DRIFTING_DATA", raising=False)
-    cfg = load_config(CONFIGS / "digits.yaml", "paper")
+    cfg = load_config(CONFIGS / "digits.yaml", "paper", ["train.device=cpu"])
     with pytest.raises(ConfigError, match="DRIFTING_DATA is not set"):
         training_loop(cfg, tmp_path, progress=False)
