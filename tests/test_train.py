@@ -170,3 +170,14 @@ def test_paper_preset_without_data_env_is_a_config_error(tmp_path, monkeypatch):
     cfg = load_config(CONFIGS / "digits.yaml", "paper", ["train.device=cpu"])
     with pytest.raises(ConfigError, match="DRIFTING_DATA is not set"):
         training_loop(cfg, tmp_path, progress=False)
+
+
+def test_lr_schedule():
+    from drifting_platform.train.loop import lr_factor
+
+    assert lr_factor(0, warmup=10, total=100) == 0.1
+    assert lr_factor(9, warmup=10, total=100) == 1.0
+    assert lr_factor(99, warmup=10, total=100) == 1.0
+    assert lr_factor(10, warmup=10, total=100, schedule="cosine") == 1.0
+    assert lr_factor(55, warmup=10, total=100, schedule="cosine") == pytest.approx(0.5)
+    assert lr_factor(100, warmup=10, total=100, schedule="cosine") == pytest.approx(0.0)

@@ -93,6 +93,9 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.01
     warmup_steps: int = 100
+    # after warm-up: constant (the paper) or cosine decay to 0 (sharper small-scale runs:
+    # the normalised loss gives steps of constant size, so a decaying lr lets samples settle)
+    schedule: Literal["constant", "cosine"] = "constant"
     grad_clip: float = 2.0
     ema_decay: float = 0.999
     log_every: int = 50  # how often metrics go to the reporter (and so to trackers)

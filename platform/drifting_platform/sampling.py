@@ -95,5 +95,7 @@ def write_grid(path: str | Path, samples: np.ndarray, labels: np.ndarray, *, ref
         rows.append(torch.from_numpy(samples[idx]))
     n = min(len(r) for r in rows)
     grid = torch.cat([r[:n] for r in rows])
+    if grid.shape[-1] < 32:  # 8x8 digits are unreadable at 1:1; enlarge without smoothing
+        grid = torch.nn.functional.interpolate(grid, scale_factor=32 // grid.shape[-1], mode="nearest")
     save_image(grid.clamp(0, 1), path, nrow=n, padding=1, pad_value=1.0)
     return path

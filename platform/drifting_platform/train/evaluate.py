@@ -26,7 +26,7 @@ def evaluate_run(cfg: Config, dataset, generator: torch.nn.Module, out: Path, *,
     metrics: dict = {}
     if dataset.kind == "toy":
         from ..data import sample_toy, toy_mode_centers
-        from ..eval.metrics import mmd_rbf, modes_covered
+        from ..eval.metrics import high_quality_fraction, mmd_rbf, modes_covered
 
         # fresh draws from the same toy distribution (dataset.name survives a shard round trip)
         ref = sample_toy(dataset.name, n=max(len(samples), 2000), seed=cfg.seed + 999)
@@ -35,6 +35,7 @@ def evaluate_run(cfg: Config, dataset, generator: torch.nn.Module, out: Path, *,
         if centers is not None:
             metrics["modes_covered"] = int(modes_covered(samples, centers))
             metrics["modes_total"] = int(len(centers))
+            metrics["high_quality_fraction"] = float(high_quality_fraction(samples, centers))
         write_grid(out / "samples.png", samples, labels.numpy(), reference=ref[:2000])
     elif dataset.kind == "image":
         from ..eval.fidelity import image_metrics

@@ -121,8 +121,14 @@ def _step_rng(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step * 7919 + rank * 104_729) % (2**63 - 1))
 
 
-def _lr_factor(step: int, warmup: int) -> float:
-    return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+def lr_factor(step: int, *, warmup: int, total: int, schedule: str = "constant") -> float:
+    """Linear warm-up over `warmup` steps, then constant or cosine decay to 0 at `total`."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "cosine":
+        progress = (step - warmup) / max(total - warmup, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return 1.0
 
 
 class JsonlLog:
@@ -269,7 +275,7 @@ def training_loop(
             repulsion_scale=cfg.drift.repulsion_scale,
         )
         for g in opt.param_groups:
-            g["lr"] = tc.lr * _lr_factor(step, tc.warmup_steps)
+            g["lr"] = tc.lr * lr_factor(step, warmup=tc.warmup_steps, total=tc.steps, schedule=tc.schedule)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(generator.parameters(), tc.grad_clip)
