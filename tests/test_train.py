@@ -44,7 +44,7 @@ def test_toy_summary_and_files(toy_run):
     assert 0 <= summary["modes_covered"] <= 8 and np.isfinite(summary["mmd"])
     lines = [json.loads(l) for l in (toy_run / "metrics.jsonl").read_text().splitlines()]
     assert [l["step"] for l in lines] == [20, 40, 60]
-    assert all(np.isfinite(l["loss"]) and "spread_ratio" in l and "drift_raw/tau_0.05" in l for l in lines)
+    assert all(np.isfinite(l["loss"]) and "spread_ratio" in l and "drift_raw/tau_0.5" in l for l in lines)
     assert (toy_run / "samples.png").stat().st_size > 1000
 
 
