@@ -30,7 +30,7 @@ training recipe (unconditional data as extra, weighted negatives).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -91,6 +91,7 @@ def drift_loss(
     temperatures: Sequence[float] = (0.02, 0.05, 0.2),
     attraction_scale: float = 1.0,
     repulsion_scale: float = 1.0,
+    batch_mean: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Multi-temperature drifting loss on feature sets, one value per class group.
 
@@ -104,6 +105,10 @@ def drift_loss(
         attraction_scale, repulsion_scale: multiply V+ and V- of every temperature before
             that temperature's RMS normalisation (ablations such as 1.5 V+ - V-; (1, 0) is
             attraction only). (1, 1) is the paper's anti-symmetric field.
+        batch_mean: the mean over the whole batch used for ``scale`` and for each
+            temperature's RMS (default ``Tensor.mean``). Under data parallelism, where
+            each worker holds an equal shard of the class groups, pass a mean that also
+            averages over workers so N workers compute exactly the one-worker loss.
 
     Returns:
         loss: [B] float32, mean over (C_g, S) of (gen / s - stopgrad(x + V))^2.
@@ -137,6 +142,8 @@ def drift_loss(
     _check_features("pos", pos, B, S)
     if neg is not None:
         _check_features("neg", neg, B, S)
+    if batch_mean is None:
+        batch_mean = torch.mean
     temperatures = tuple(float(r) for r in temperatures)
     if not temperatures or min(temperatures) <= 0:
         raise ValueError(f"temperatures must be positive and non-empty, got {temperatures}")
@@ -160,7 +167,7 @@ def drift_loss(
             w_col = w.unsqueeze(1)  # [B, 1, N]: a target's weight scales its column
 
             dist = _pairwise_distance(x, y)  # [B, C_g, N], computed once for all R
-            scale = (dist * w_col).mean() / w.mean()
+            scale = batch_mean(dist * w_col) / batch_mean(w)
             scale_inputs = (scale / math.sqrt(S)).clamp(min=_SCALE_FLOOR)
             x_s = x / scale_inputs
             y_s = y / scale_inputs
@@ -188,7 +195,7 @@ def drift_loss(
                 # F_i = sum_j c_ij y_j - (sum_j c_ij) x_i, as one baddbmm.
                 force = torch.baddbmm(x_s * -coeff.sum(-1, keepdim=True), coeff, y_s)
                 del affinity, a_neg, a_pos, coeff
-                mean_sq = force.square().mean()
+                mean_sq = batch_mean(force.square())
                 info[f"loss_R{r}"] = mean_sq
                 total.add_(force.div_(mean_sq.clamp(min=_RMS_FLOOR).sqrt()))
             goal = x_s.add_(total)  # x_s is not needed any more

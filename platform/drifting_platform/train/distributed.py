@@ -44,3 +44,18 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     out = t.detach().clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out / get_world_size()
+
+
+def global_mean(t: torch.Tensor) -> torch.Tensor:
+    """Mean of `t` over all its elements and over ranks (equal shapes on every rank).
+
+    Used inside the drift loss (no gradient): with it, the feature scale and each
+    temperature's force normalisation are those of the global batch, so N workers train
+    exactly like one worker with the same global batch.
+    """
+    m = t.mean()
+    if not is_distributed():
+        return m
+    m = m.detach().clone()
+    dist.all_reduce(m, op=dist.ReduceOp.SUM)
+    return m / get_world_size()

@@ -115,10 +115,10 @@ class EMA:
             e.copy_(b)
 
 
-def _step_rng(seed: int, step: int, rank: int) -> torch.Generator:
-    # a fresh generator per (seed, step, rank): a resumed run draws the same noise and
-    # alphas as an uninterrupted one without saving RNG state
-    return torch.Generator().manual_seed((seed * 1_000_003 + step * 7919 + rank * 104_729) % (2**63 - 1))
+def _step_rng(seed: int, step: int) -> torch.Generator:
+    # a fresh generator per (seed, step): a resumed run draws the same noise and alphas as
+    # an uninterrupted one without saving RNG state
+    return torch.Generator().manual_seed((seed * 1_000_003 + step * 7919) % (2**63 - 1))
 
 
 def lr_factor(step: int, *, warmup: int, total: int, schedule: str = "constant") -> float:
@@ -243,19 +243,23 @@ def training_loop(
     step_time = time.time()
     generator.train()
     for step in range(start_step, tc.steps):
-        rng = _step_rng(cfg.seed, step, rank)
+        # noise and alphas are drawn for all class groups of the step and each rank keeps
+        # its slice: N workers see exactly the batch that one worker would
+        rng = _step_rng(cfg.seed, step)
         batch = sampler.sample()
-        classes = batch.classes.to(device)  # [N_c]
-        labels = classes.repeat_interleave(s.n_gen)  # [N_c * n_gen]
+        classes = batch.classes.to(device)  # [N_c / world]
+        labels = classes.repeat_interleave(s.n_gen)  # [N_c / world * n_gen]
         if use_cfg:
             if cfg.cfg.gamma is not None:
-                alpha = torch.full((n_groups,), 1.0 / (1.0 - cfg.cfg.gamma))
+                alpha = torch.full((s.n_classes,), 1.0 / (1.0 - cfg.cfg.gamma))
             else:
-                alpha = sample_cfg_alpha(n_groups, low=cfg.cfg.alpha_min, high=cfg.cfg.alpha_max, power=cfg.cfg.alpha_power, generator=rng)
+                alpha = sample_cfg_alpha(s.n_classes, low=cfg.cfg.alpha_min, high=cfg.cfg.alpha_max, power=cfg.cfg.alpha_power, generator=rng)
         else:
-            alpha = torch.ones(n_groups)
-        alpha = alpha.to(device)
-        z = torch.randn(n_groups * s.n_gen, generator.noise_dim, generator=rng).to(device)
+            alpha = torch.ones(s.n_classes)
+        z = torch.randn(s.n_classes * s.n_gen, generator.noise_dim, generator=rng)
+        mine = slice(rank * n_groups, (rank + 1) * n_groups)
+        alpha = alpha[mine].to(device)
+        z = z[rank * n_groups * s.n_gen : (rank + 1) * n_groups * s.n_gen].to(device)
         x_pos = data_x[batch.pos_idx.reshape(-1).to(device)]
         with amp:
             x_gen = model(z, labels, alpha.repeat_interleave(s.n_gen))
@@ -273,6 +277,7 @@ def training_loop(
             temperatures=cfg.drift.temperatures,
             attraction_scale=cfg.drift.attraction_scale,
             repulsion_scale=cfg.drift.repulsion_scale,
+            batch_mean=D.global_mean if world > 1 else None,
         )
         for g in opt.param_groups:
             g["lr"] = tc.lr * lr_factor(step, warmup=tc.warmup_steps, total=tc.steps, schedule=tc.schedule)

@@ -39,6 +39,7 @@ def group_drift_loss(
     temperatures: tuple[float, ...] = (0.02, 0.05, 0.2),
     attraction_scale: float = 1.0,
     repulsion_scale: float = 1.0,
+    batch_mean=None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Sum over feature sets of the mean drifting loss of every class group.
 
@@ -46,7 +47,8 @@ def group_drift_loss(
     unc_feats[k]: [N_unc, L, S] or None; unc_weight: [N_c], the weight of each unconditional
     negative in each group (zero at CFG scale 1). Returns (scalar loss, diagnostics), where
     the diagnostics hold each temperature's raw force, averaged over feature sets: it keeps
-    moving when the normalised loss sits near its constant value.
+    moving when the normalised loss sits near its constant value. `batch_mean` goes to
+    `drift_loss` (a mean over workers as well, under data parallelism).
     """
     total = None
     raw: dict[str, list[float]] = {}
@@ -62,7 +64,7 @@ def group_drift_loss(
             weight_neg = w.to(torch.float32).reshape(n_groups, 1, 1).expand(n_groups, L, neg.shape[1]).reshape(n_groups * L, neg.shape[1])
         loss, info = drift_loss(
             gen, pos, neg, weight_neg=weight_neg, temperatures=temperatures,
-            attraction_scale=attraction_scale, repulsion_scale=repulsion_scale,
+            attraction_scale=attraction_scale, repulsion_scale=repulsion_scale, batch_mean=batch_mean,
         )
         set_loss = loss.mean()
         total = set_loss if total is None else total + set_loss
