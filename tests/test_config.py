@@ -129,3 +129,10 @@ def test_resolve_raw_keeps_base_intact():
     raw = {"train": {"steps": 10}, "presets": {"smoke": {"train": {"steps": 1}}}}
     assert resolve_raw(raw, "smoke")["train"]["steps"] == 1
     assert raw["train"]["steps"] == 10
+
+
+def test_empty_mapping_override_resets_kwargs():
+    cfg = load_config(CONFIGS / "digits.yaml", None, ["encoder.name=pixel", "encoder.kwargs={}"])
+    assert cfg.encoder.name == "pixel" and cfg.encoder.kwargs == {}
+    cfg = load_config(CONFIGS / "digits.yaml", None, ["encoder.kwargs.widths=[8]"])
+    assert cfg.encoder.kwargs == {"widths": [8]}

@@ -268,10 +268,11 @@ def validate(cfg: Config) -> Config:
 
 
 def deep_merge(base: dict, update: dict) -> dict:
-    """Return `base` with `update` merged in; nested mappings merge, everything else replaces."""
+    """Return `base` with `update` merged in; non-empty nested mappings merge, the rest replaces."""
     out = copy.deepcopy(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        # an empty mapping replaces (`--set encoder.kwargs={}` resets an encoder's options)
+        if isinstance(value, dict) and value and isinstance(out.get(key), dict):
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
