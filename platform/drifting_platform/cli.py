@@ -51,16 +51,25 @@ def main() -> None:
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Run directory (checkpoint, metrics, samples, summary.json).")
 @click.option("--preset", default=None, help="A preset of the config file (smoke, local, paper, ...).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config value; repeatable.")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Ray Train DDP workers; 0 trains in this process without Ray.")
+@click.option("--gpu", is_flag=True, help="One GPU per Ray Train worker (NCCL); needs --workers.")
 @click.option("--no-resume", is_flag=True, help="Start afresh even if --out holds a checkpoint.")
 @click.option("--no-eval", is_flag=True, help="Skip the final metrics and samples.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(config: str, out: str, preset: str | None, overrides: tuple[str, ...], no_resume: bool, no_eval: bool, quiet: bool) -> None:
-    """Train one generator in this process (no Ray needed) and write OUT/summary.json."""
+def train(config: str, out: str, preset: str | None, overrides: tuple[str, ...], workers: int, gpu: bool, no_resume: bool, no_eval: bool, quiet: bool) -> None:
+    """Train one generator and write OUT/summary.json (in this process, or on Ray Train workers)."""
     cfg = _load(config, preset, overrides)
-    from .train.loop import training_loop
-
+    if gpu and workers < 1:
+        raise click.BadParameter("--gpu needs --workers N (N >= 1)", param_hint="--gpu")
     try:
-        summary = training_loop(cfg, out, resume=not no_resume, progress=not quiet, evaluate=not no_eval)
+        if workers:
+            from .launch.ray_train import fit_ray
+
+            summary = fit_ray(cfg, out, workers=workers, gpu=gpu, resume=not no_resume, evaluate=not no_eval, progress=not quiet)
+        else:
+            from .train.loop import training_loop
+
+            summary = training_loop(cfg, out, resume=not no_resume, progress=not quiet, evaluate=not no_eval)
     except ConfigError as exc:
         raise click.ClickException(f"bad config: {exc}") from None
     click.echo(json.dumps(summary, indent=2))
@@ -89,6 +98,67 @@ def sample(run_dir: str, num: int, out: str, cfg_scale: float, seed: int, grid: 
     if grid:
         write_grid(grid, samples, labels)
     click.echo(f"wrote {num} samples to {out}")
+
+
+@main.command()
+@click.argument("sweep_file")
+@click.option("--preset", default=None, help="Preset of the sweep and of its base config (smoke, local, ...).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override applied to every trial's config.")
+@click.option("--out-root", default=None, type=click.Path(file_okay=False), help="Where trial directories go (default $DRIFTING_HOME/sweeps).")
+@click.option("--resume", is_flag=True, help="Continue the latest sweep of this experiment instead of starting a new one.")
+@click.option("--no-report", is_flag=True, help="Do not print / write the report table at the end.")
+def sweep(sweep_file: str, preset: str | None, overrides: tuple[str, ...], out_root: str | None, resume: bool, no_report: bool) -> None:
+    """Run a Ray Tune sweep (grid, rows or Optuna) tracked in MLflow; then print its table."""
+    from .launch.spec import SweepError
+
+    path = resolve_config_path(sweep_file)
+    try:
+        from .launch.sweep import run_sweep
+
+        result = run_sweep(path, preset=preset, overrides=overrides, out_root=out_root, resume=resume)
+    except (SweepError, ConfigError) as exc:
+        raise click.ClickException(f"bad sweep: {exc}") from None
+    for t in result.trials:
+        shown = {k: round(v, 4) for k, v in t.metrics.items() if k in (result.metric["name"], "kid", "mmd", "modes_covered", "steps", "seconds")}
+        click.echo(f"  {t.status:9s} {t.label:28s} {shown}" + (f"  error: {t.error.splitlines()[0]}" if t.error else ""))
+    click.echo(f"trials in {result.sweep_dir}")
+    if not no_report and result.parent_run_id:
+        _print_report(result.experiment)
+
+
+def _print_report(name: str, out_dir: str | None = None) -> None:
+    from .reports import write_report
+
+    rep = write_report(name, out_dir)
+    click.echo(rep["table_markdown"])
+    click.echo("report files: " + ", ".join(str(p) for p in rep["paths"].values()))
+    click.echo("compare the runs in the MLflow UI: drifting-platform ui  (then open http://127.0.0.1:5000)")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Where the Markdown, CSV and PNG go.")
+def report(name: str, out_dir: str | None) -> None:
+    """Print the table of experiment NAME's latest sweep with the paper's values beside."""
+    try:
+        _print_report(name, out_dir)
+    except LookupError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.option("--port", type=int, default=5000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind; keep 127.0.0.1 unless you mean to share it.")
+def ui(port: int, host: str) -> None:
+    """Open the MLflow UI on the platform's tracking store."""
+    from .tracking import serve_ui, tracking_uri
+
+    click.echo(f"MLflow UI for {tracking_uri()} on http://{host}:{port}  (Ctrl-C stops it)")
+    proc = serve_ui(port=port, host=host)
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
 
 
 @main.group()
