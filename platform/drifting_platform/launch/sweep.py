@@ -1,0 +1,437 @@
+"""Ray Tune sweeps over the training loop: `run_sweep`.
+
+    result = run_sweep("experiments/antisymmetry.yaml", preset="smoke")
+    for t in result.trials:
+        print(t.label, t.status, t.metrics.get("fid"))
+
+The sweep file is loaded and every trial config validated first (`spec.load_sweep`, no Ray).
+Then Tune runs one function trial per grid point / row / Optuna sample:
+- `resources.workers: 1` runs `training_loop` inside the trial process (no worker group);
+- more workers fit a `TorchTrainer` inside the trial (Train V2 style; `TuneReportCallback`
+  passes rank 0's reports to Tune). The trial function itself then takes no CPU (the
+  Train V2 worker group places its own workers), and concurrency is capped so that all
+  running trials' workers fit the cluster.
+Trials report the loop's metrics every `train.log_every` steps (with `step`, the ASHA time
+attribute) and a final result with the summary (fid / kid, or mmd ...).
+
+Tracking happens in this (the driver) process only, through a Tune `Callback` that calls a
+`SweepTracker`: one parent run per sweep, one child run per trial, so concurrent trials
+never open the tracking store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .. import config as C
+from .spec import SweepError, SweepSpec, Trial, load_sweep, slug
+
+__all__ = ["run_sweep", "load_sweep", "SweepError", "SweepSpec", "SweepResult", "TrialResult", "sweeps_root", "TrackingCallback"]
+
+log = logging.getLogger(__name__)
+
+# keys Tune adds to every result; they are not our metrics
+_TUNE_KEYS = {
+    "timestamp", "time_this_iter_s", "time_total_s", "training_iteration", "trial_id", "date",
+    "pid", "hostname", "node_ip", "config", "time_since_restore", "iterations_since_restore",
+    "checkpoint_dir_name", "done", "experiment_tag", "should_checkpoint", "step", "final",
+}
+
+
+def sweeps_root() -> Path:
+    """`$DRIFTING_HOME/sweeps` (default ~/.drifting_platform/sweeps), absolute."""
+    home = os.environ.get("DRIFTING_HOME") or "~/.drifting_platform"
+    return Path(home).expanduser().resolve() / "sweeps"
+
+
+@dataclass
+class TrialResult:
+    label: str  # the row name or "path=value, ..."
+    overrides: dict  # parameter path -> value of this trial
+    metrics: dict  # final summary metrics (fid, kid, ... / mmd ...), or the last reported
+    status: str  # FINISHED | FAILED | STOPPED (early-stopped by the scheduler)
+    trial_dir: str
+    trial_id: str = ""
+    error: Optional[str] = None
+    run_id: Optional[str] = None  # the tracker's child run
+
+
+@dataclass
+class SweepResult:
+    experiment: str
+    sweep_name: str
+    sweep_dir: str
+    parent_run_id: Optional[str]
+    metric: dict
+    trials: list[TrialResult] = field(default_factory=list)
+
+    def best(self) -> Optional[TrialResult]:
+        name, sign = self.metric["name"], (1 if self.metric["mode"] == "min" else -1)
+        done = [t for t in self.trials if isinstance(t.metrics.get(name), (int, float)) and math.isfinite(t.metrics[name])]
+        return min(done, key=lambda t: sign * t.metrics[name]) if done else None
+
+
+# --------------------------------------------------------------------------- trial side
+
+
+@dataclass
+class _Context:
+    """What every trial (and the tracking callback) needs; shipped once via with_parameters."""
+
+    spec: SweepSpec
+    sweep_dir: str
+    resume: bool
+    choices: dict  # optuna: path -> list of choice values (Tune samples the index)
+
+    def params(self, config: dict) -> tuple[Optional[Trial], dict]:
+        if "trial" in config:
+            t = self.spec.trials[int(config["trial"])]
+            return t, dict(t.params)
+        params = {}
+        for path, v in (config.get("p") or {}).items():
+            params[path] = self.choices[path][int(v)] if path in self.choices else v
+        return None, params
+
+    def describe(self, config: dict, trial_id: str) -> tuple[str, dict, Path]:
+        """(label, params, trial dir) of the trial with Tune config `config`."""
+        t, params = self.params(config)
+        if t is not None:
+            return t.label, params, Path(self.sweep_dir) / t.dirname
+        label = ", ".join(f"{k}={_short(v)}" for k, v in params.items())
+        return label, params, Path(self.sweep_dir) / f"trial_{trial_id}"
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return json.dumps(v) if not isinstance(v, str) else v
+
+
+def _final_metrics(summary: dict) -> dict:
+    return {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _trial_fn(config: dict, ctx: _Context) -> None:
+    from ray import tune
+
+    from ..train import training_loop
+    from .ray_train import make_trainer, worker_cfg
+
+    trial_id = tune.get_context().get_trial_id()
+    label, params, trial_dir = ctx.describe(config, trial_id)
+    res = ctx.spec.resources
+    cfg = worker_cfg(ctx.spec.trial_config(params), gpu=res["gpu"], cpus_per_worker=max(1, int(res["cpus_per_trial"])))
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    summary_path = trial_dir / "summary.json"
+    if ctx.resume and summary_path.exists():
+        summary = json.loads(summary_path.read_text())  # finished in an earlier attempt
+    elif res["workers"] == 1:
+        if res["gpu"]:
+            import torch
+
+            torch.cuda.set_device(0)
+
+        def reporter(step: int, metrics: dict) -> None:
+            tune.report({**{k: float(v) for k, v in metrics.items()}, "step": int(step)})
+
+        summary = training_loop(cfg, trial_dir, reporter=reporter, resume=ctx.resume, progress=False)
+    else:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        if summary_path.exists():
+            summary_path.unlink()
+        trainer = make_trainer(
+            cfg, trial_dir, workers=res["workers"], gpu=res["gpu"], cpus_per_worker=max(1, int(res["cpus_per_trial"])),
+            storage_path=str(trial_dir / "ray"), name=f"train_{trial_id}", callbacks=[TuneReportCallback()],
+            initial_checkpoint=str(trial_dir / "checkpoint.pt") if ctx.resume and (trial_dir / "checkpoint.pt").exists() else None,
+        )
+        result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+        summary = json.loads(summary_path.read_text())
+    tune.report({**_final_metrics(summary), "step": int(cfg.train.steps), "final": 1})
+
+
+# --------------------------------------------------------------------------- driver side
+
+
+def _tracker_default():
+    try:
+        from ..tracking import SweepTracker
+    except ImportError as exc:  # pragma: no cover - tracking.py is part of the package
+        log.warning("tracking unavailable (%s); the sweep runs without MLflow", exc)
+        return None
+    return SweepTracker()
+
+
+def _make_callback_class():
+    from ray.tune import Callback
+
+    class TrackingCallback(Callback):
+        """Tune callback: every tracker write happens here, in the driver process."""
+
+        def __init__(self, tracker, parent_id: str, ctx: _Context):
+            self.tracker, self.parent_id, self.ctx = tracker, parent_id, ctx
+            self.runs: dict[str, str] = {}  # trial_id -> child run id
+            self.errors: dict[str, str] = {}
+
+        def _safe(self, what: str, fn, *args, **kwargs):
+            # a tracking hiccup must not stop the sweep
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("tracking: %s failed: %s", what, exc)
+                return None
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            if trial.trial_id in self.runs:
+                return  # a restarted trial keeps its run
+            label, params, trial_dir = self.ctx.describe(trial.config, trial.trial_id)
+            try:
+                cfg = self.ctx.spec.trial_config(params)
+                flat = C.flatten(C.to_dict(cfg))
+            except C.ConfigError:
+                flat = dict(params)
+            tags = {"drifting.row": label, "drifting.trial_dir": str(trial_dir), "drifting.trial_id": trial.trial_id}
+            run_id = self._safe("start_trial", self.tracker.start_trial, self.parent_id, label, flat, tags)
+            if run_id is not None:
+                self.runs[trial.trial_id] = run_id
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            run_id = self.runs.get(trial.trial_id)
+            if run_id is None or result.get("final"):
+                return
+            metrics = {k: float(v) for k, v in result.items() if k not in _TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
+            if metrics:
+                self._safe("log_metrics", self.tracker.log_metrics, run_id, metrics, int(result.get("step", 0)))
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            run_id = self.runs.get(trial.trial_id)
+            if run_id is None:
+                return
+            label, params, trial_dir = self.ctx.describe(trial.config, trial.trial_id)
+            summary_path = trial_dir / "summary.json"
+            if summary_path.exists():
+                summary = json.loads(summary_path.read_text())
+                self._safe("log_metrics", self.tracker.log_metrics, run_id, _final_metrics(summary), int(summary.get("steps", 0)))
+                paths = [str(p) for p in (trial_dir / "samples.npz", trial_dir / "samples.png", summary_path) if p.exists()]
+                if paths:
+                    self._safe("log_artifacts", self.tracker.log_artifacts, run_id, paths)
+                self._safe("end_run", self.tracker.end_run, run_id, "FINISHED")
+            else:  # stopped early by the scheduler
+                self._safe("end_run", self.tracker.end_run, run_id, "KILLED", "stopped early by the scheduler")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            text = _trial_error(trial)
+            self.errors[trial.trial_id] = text
+            run_id = self.runs.get(trial.trial_id)
+            if run_id is not None:
+                self._safe("end_run", self.tracker.end_run, run_id, "FAILED", text)
+
+    return TrackingCallback
+
+
+def TrackingCallback(tracker, parent_id: str, ctx: _Context):  # noqa: N802 - a class factory
+    """The Tune callback class is built on first use so that importing this module does not import Ray."""
+    return _make_callback_class()(tracker, parent_id, ctx)
+
+
+def _trial_error(trial) -> str:
+    try:
+        exc = trial.get_pickled_error()
+        if exc is not None:
+            return f"{type(exc).__name__}: {exc}"[-4000:]
+    except Exception:  # noqa: BLE001
+        pass
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).exists():
+        return Path(path).read_text()[-4000:]
+    return "trial failed (no error text)"
+
+
+def _sweep_dir(spec: SweepSpec, out_root: Optional[str | Path], resume: bool, preset_label: str) -> tuple[str, Path]:
+    root = Path(out_root).expanduser().resolve() if out_root else sweeps_root()
+    exp_dir = root / slug(spec.name)
+    if resume and exp_dir.is_dir():
+        previous = sorted(p for p in exp_dir.iterdir() if p.is_dir() and p.name.startswith(f"{preset_label}-"))
+        if previous:
+            return previous[-1].name, previous[-1]
+    name = f"{preset_label}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = exp_dir / name
+    i = 1
+    while path.exists():
+        i += 1
+        path = exp_dir / f"{name}-{i}"
+    return path.name, path
+
+
+def _plan_resources(spec: SweepSpec, cluster: dict) -> tuple[dict, Optional[int]]:
+    """(Tune resources of one trial function, max concurrent trials); SweepError if it cannot fit."""
+    r = spec.resources
+    cpus, gpus = float(cluster.get("CPU", 0)), float(cluster.get("GPU", 0))
+    c, w = float(r["cpus_per_trial"]), int(r["workers"])
+    where = f"(sweep file {spec.path})"
+    if w == 1:
+        if c > cpus:
+            raise SweepError(f"resources.cpus_per_trial: a trial needs {c:g} CPUs but the Ray cluster has {cpus:g} {where}")
+        if r["gpu"] and gpus < 1:
+            raise SweepError(f"resources.gpu: trials need a GPU but the Ray cluster has none {where}")
+        res = {"cpu": c, "gpu": 1 if r["gpu"] else 0}
+        cap = spec.max_concurrent
+    else:
+        if w * c > cpus:
+            raise SweepError(f"resources.workers: {w} workers x {c:g} CPUs (cpus_per_trial) = {w * c:g} CPUs per trial, but the Ray cluster has {cpus:g} {where}")
+        if r["gpu"] and w > gpus:
+            raise SweepError(f"resources.workers: {w} GPU workers per trial but the Ray cluster has {gpus:g} GPUs {where}")
+        fit = int(cpus // (w * c))
+        if r["gpu"]:
+            fit = min(fit, int(gpus // w))
+        # the trial function only waits for its TorchTrainer, whose workers Train V2 places
+        # itself; it holds no CPU, and the cap keeps all running trials' workers in the cluster
+        res = {"cpu": 0, "memory": 64 * 1024**2}  # Tune needs a non-empty bundle
+        cap = min(spec.max_concurrent or fit, fit)
+    return res, cap
+
+
+def run_sweep(
+    path: str | Path,
+    *,
+    preset: Optional[str] = None,
+    overrides: tuple[str, ...] | list[str] = (),
+    out_root: Optional[str | Path] = None,
+    tracker: Any = None,  # a SweepTracker; None = the default store (tracking.py); False = none
+    resume: bool = False,  # continue the latest sweep of this experiment and preset
+    verbose: int = 1,
+) -> SweepResult:
+    """Validate the sweep file, then run it on Ray Tune; returns every trial's outcome."""
+    spec = load_sweep(path, preset=preset, overrides=overrides)  # raises before Ray starts
+    preset_label = preset or (spec.preset or "default")
+    sweep_name, sweep_dir = _sweep_dir(spec, out_root, resume, preset_label)
+
+    import ray
+    from ray import tune
+
+    from .cluster import ray_init_for_sweep
+
+    started = not ray.is_initialized()
+    cluster = ray_init_for_sweep()
+    try:
+        trial_res, cap = _plan_resources(spec, cluster)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        if tracker is None:
+            tracker = _tracker_default()
+        choices: dict = {}
+        if spec.search == "optuna":
+            space = {}
+            for p, s in spec.space.items():
+                kind, values = next(iter(s.items()))
+                if kind == "choice":
+                    choices[p] = values  # Optuna categoricals must be scalars: sample the index
+                    space[p] = tune.choice(list(range(len(values))))
+                elif kind == "uniform":
+                    space[p] = tune.uniform(*values)
+                elif kind == "loguniform":
+                    space[p] = tune.loguniform(*values)
+                else:
+                    space[p] = tune.randint(*values)
+            param_space = {"p": space}
+        else:
+            param_space = {"trial": tune.grid_search(list(range(len(spec.trials))))}
+        ctx = _Context(spec=spec, sweep_dir=str(sweep_dir), resume=resume, choices=choices)
+
+        parent_id = None
+        callbacks = []
+        if tracker:
+            parent_params = {
+                "sweep_file": str(spec.path), "base": str(spec.base), "preset": preset_label, "search": spec.search,
+                "num_samples": spec.num_samples, "metric": spec.metric["name"], "mode": spec.metric["mode"],
+                "scheduler": spec.scheduler["name"], "workers": spec.resources["workers"],
+                "set": " ".join(spec.set + spec.overrides),
+            }
+            if spec.rows:
+                parent_params["rows"] = " | ".join(r["name"] for r in spec.rows)
+            if spec.space:
+                parent_params["space"] = json.dumps(spec.space)
+            parent_id = tracker.start_sweep(spec.name, parent_params, {"drifting.sweep": sweep_name, "drifting.sweep_dir": str(sweep_dir), "drifting.preset": preset_label})
+            callbacks.append(TrackingCallback(tracker, parent_id, ctx))
+
+        search_alg = scheduler = None
+        if spec.search == "optuna":
+            from ray.tune.search.optuna import OptunaSearch
+
+            search_alg = OptunaSearch(seed=0)
+        if spec.scheduler["name"] == "asha":
+            from ray.tune.schedulers import ASHAScheduler
+
+            scheduler = ASHAScheduler(
+                time_attr="step", max_t=spec.max_steps, grace_period=spec.scheduler["grace_period"],
+                reduction_factor=spec.scheduler["reduction_factor"],
+            )
+        trainable = tune.with_resources(tune.with_parameters(_trial_fn, ctx=ctx), trial_res)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                metric=spec.metric["name"], mode=spec.metric["mode"], search_alg=search_alg, scheduler=scheduler,
+                num_samples=spec.num_samples if spec.search == "optuna" else 1, max_concurrent_trials=cap,
+            ),
+            run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir / "_tune"), callbacks=callbacks, verbose=verbose),
+        )
+        # intermediate results carry loss & co.; the metric (fid) arrives with the final one
+        old = os.environ.get("TUNE_DISABLE_STRICT_METRIC_CHECKING")
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+        try:
+            grid = tuner.fit()
+        finally:
+            if old is None:
+                os.environ.pop("TUNE_DISABLE_STRICT_METRIC_CHECKING", None)
+            else:
+                os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = old
+
+        out = SweepResult(experiment=spec.name, sweep_name=sweep_name, sweep_dir=str(sweep_dir), parent_run_id=parent_id, metric=dict(spec.metric))
+        cb = callbacks[0] if callbacks else None
+        for r in grid:
+            trial_id = str((r.metrics or {}).get("trial_id") or "")
+            label, params, trial_dir = ctx.describe(r.config, trial_id)
+            summary_path = trial_dir / "summary.json"
+            if r.error is not None:
+                status, metrics, error = "FAILED", {}, f"{type(r.error).__name__}: {r.error}"[-4000:]
+            elif summary_path.exists():
+                status, metrics, error = "FINISHED", _final_metrics(json.loads(summary_path.read_text())), None
+            else:
+                status, error = "STOPPED", None
+                metrics = {k: v for k, v in (r.metrics or {}).items() if k not in _TUNE_KEYS and isinstance(v, (int, float))}
+            out.trials.append(TrialResult(
+                label=label, overrides=params, metrics=metrics, status=status, trial_dir=str(trial_dir),
+                trial_id=trial_id, error=error, run_id=cb.runs.get(trial_id) if cb else None,
+            ))
+        order = {t.label: t.index for t in spec.trials}
+        out.trials.sort(key=lambda t: (order.get(t.label, 10**9), t.trial_dir))
+        if tracker and parent_id:
+            failed = [t for t in out.trials if t.status == "FAILED"]
+            status = "FAILED" if out.trials and len(failed) == len(out.trials) else "FINISHED"
+            try:
+                (sweep_dir / "sweep_result.json").write_text(json.dumps(_as_dict(out), indent=2) + "\n")
+                tracker.log_artifacts(parent_id, [str(sweep_dir / "sweep_result.json")])
+            except Exception as exc:  # noqa: BLE001
+                log.warning("tracking: sweep result artifact failed: %s", exc)
+            tracker.end_run(parent_id, status, None if status == "FINISHED" else "every trial failed")
+        else:
+            (sweep_dir / "sweep_result.json").write_text(json.dumps(_as_dict(out), indent=2) + "\n")
+        return out
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _as_dict(res: SweepResult) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(res)
