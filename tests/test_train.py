@@ -181,3 +181,13 @@ def test_lr_schedule():
     assert lr_factor(10, warmup=10, total=100, schedule="cosine") == 1.0
     assert lr_factor(55, warmup=10, total=100, schedule="cosine") == pytest.approx(0.5)
     assert lr_factor(100, warmup=10, total=100, schedule="cosine") == pytest.approx(0.0)
+
+
+def test_quick_eval_reports_fid_every_n_steps(tmp_path):
+    cfg = load_config(CONFIGS / "digits.yaml", "smoke", ["train.log_every=2", "train.eval_every=4", "train.steps=8", "train.eval_samples=50"])
+    training_loop(cfg, tmp_path, progress=False, evaluate=False)
+    lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [("fid" in l) for l in lines] == [False, True, False, True]
+    assert all(l["fid"] > 0 for l in lines if "fid" in l)
+    with pytest.raises(ConfigError, match="train.eval_every"):
+        load_config(CONFIGS / "digits.yaml", "smoke", ["train.log_every=3", "train.eval_every=4"])

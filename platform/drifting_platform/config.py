@@ -100,6 +100,10 @@ class TrainConfig:
     ema_decay: float = 0.999
     log_every: int = 50  # how often metrics go to the reporter (and so to trackers)
     ckpt_every: int = 500  # atomic, resumable checkpoints; 0 = only at the end
+    # a quick metric of the EMA generator (fid on digits features / mmd on 2-D data) every
+    # N steps, reported with the other metrics (what ASHA and Optuna prune on); 0 = off
+    eval_every: int = 0
+    eval_samples: int = 500
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast for generator + encoder
     threads: Optional[int] = None  # torch intra-op threads; None = torch's default
@@ -248,9 +252,13 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"train.betas[{i}]: must lie in [0, 1), got {b}")
     if not 0.0 <= t.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay: must lie in [0, 1), got {t.ema_decay}")
-    for key in ("warmup_steps", "ckpt_every"):
+    for key in ("warmup_steps", "ckpt_every", "eval_every"):
         if getattr(t, key) < 0:
             raise ConfigError(f"train.{key}: must be >= 0, got {getattr(t, key)}")
+    if t.eval_every and t.eval_every % t.log_every:
+        raise ConfigError(f"train.eval_every: must be a multiple of train.log_every ({t.log_every}), got {t.eval_every}")
+    if t.eval_samples < 2:
+        raise ConfigError(f"train.eval_samples: must be >= 2, got {t.eval_samples}")
     if t.log_every < 1:
         raise ConfigError(f"train.log_every: must be >= 1, got {t.log_every}")
     if t.grad_clip <= 0:

@@ -138,7 +138,16 @@ def _trial_fn(config: dict, ctx: _Context) -> None:
 
             torch.cuda.set_device(0)
 
+        # Optuna and ASHA read the sweep metric from every result: results that lack it
+        # (between train.eval_every evaluations) stay in the run directory's metrics.jsonl
+        needs_metric = ctx.spec.search == "optuna" or ctx.spec.scheduler.get("name") == "asha"
+        metric_name = ctx.spec.metric["name"]
+
         def reporter(step: int, metrics: dict) -> None:
+            if needs_metric and (metric_name not in metrics or step >= cfg.train.steps):
+                # ...and the last step's result comes with the final summary below: ASHA
+                # would stop a trial at max_t before its final evaluation
+                return
             tune.report({**{k: float(v) for k, v in metrics.items()}, "step": int(step)})
 
         summary = training_loop(cfg, trial_dir, reporter=reporter, resume=ctx.resume, progress=False)

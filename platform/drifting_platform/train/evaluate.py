@@ -53,3 +53,44 @@ def evaluate_run(cfg: Config, dataset, generator: torch.nn.Module, out: Path, *,
     else:  # latents: no pixel-space metric without a decoder
         metrics["latent_mean_abs_diff"] = float(np.abs(samples.mean(0) - reference.mean(0)).mean())
     return metrics
+
+
+class QuickEval:
+    """A cheap in-training metric of the EMA generator, comparable across trials.
+
+    Image data with the digits extractor: FID on the platform's digits-classifier features
+    (the same features as the final FID, computed directly on `n` samples, so a little
+    higher than the final number); 2-D data: MMD against fresh draws. Data features are
+    computed once. Returns {} for data it cannot score (latents).
+    """
+
+    def __init__(self, cfg: Config, dataset, *, n: int, device="cpu"):
+        self.cfg, self.dataset, self.n, self.device = cfg, dataset, n, device
+        self.labels = balanced_labels(n, dataset.num_classes)
+        self.kind = None
+        if dataset.kind == "image" and cfg.eval.extractor == "digits" and dataset.shape[0] in (1, 3):
+            from ..eval.classifier import get_digits_classifier
+
+            self.kind = "fid"
+            self.net = get_digits_classifier()
+            with torch.no_grad():
+                self.ref = self.net.features(torch.from_numpy(dataset.to_output(dataset.x)))
+        elif dataset.kind == "toy":
+            from ..data import sample_toy
+
+            self.kind = "mmd"
+            self.ref = torch.from_numpy(sample_toy(dataset.name, n=max(n, 1000), seed=cfg.seed + 999))
+
+    def __call__(self, generator: torch.nn.Module) -> dict:
+        if self.kind is None:
+            return {}
+        x = generate(generator, self.labels, cfg_scale=self.cfg.eval.cfg_scale, seed=self.cfg.seed + 777, device=self.device)
+        out = torch.from_numpy(self.dataset.to_output(x))
+        if self.kind == "fid":
+            from ..eval.metrics import fid_from_features
+
+            with torch.no_grad():
+                return {"fid": float(fid_from_features(self.net.features(out).numpy(), self.ref.numpy()))}
+        from ..eval.metrics import mmd_rbf
+
+        return {"mmd": float(mmd_rbf(out, self.ref))}

@@ -238,6 +238,12 @@ def training_loop(
 
         bar = tqdm(total=tc.steps, initial=start_step, desc=cfg.name, unit="step", dynamic_ncols=True)
 
+    quick = None
+    if tc.eval_every and main:
+        from .evaluate import QuickEval
+
+        quick = QuickEval(cfg, dataset, n=tc.eval_samples, device=device)
+
     window: dict[str, float] = {}
     window_n = 0
     step_time = time.time()
@@ -308,6 +314,9 @@ def training_loop(
             avg["lr"] = opt.param_groups[0]["lr"]
             avg["steps_per_sec"] = window_n / max(now - step_time, 1e-9)
             window, window_n, step_time = {}, 0, now
+            if main and quick is not None and done % tc.eval_every == 0:
+                avg.update(quick(ema.model))
+                step_time = time.time()  # evaluation time is not training time
             if main:
                 log(done, avg)
                 if reporter is not None:

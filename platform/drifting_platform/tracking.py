@@ -1,0 +1,637 @@
+"""MLflow tracking: the one module of the package that imports ``mlflow``.
+
+``mlflow`` is imported lazily (inside functions), so ``import drifting_platform.tracking`` is
+cheap and the rest of the package never pays for it.
+
+The store
+    ``tracking_uri()`` is ``$MLFLOW_TRACKING_URI`` when set, else
+    ``sqlite:///<drifting_home()>/mlflow.db`` with artifacts under
+    ``<drifting_home()>/mlartifacts`` (absolute paths, so they survive ``ray job submit``'s
+    temporary working directory). ``drifting_home()`` is ``$DRIFTING_HOME`` or
+    ``~/.drifting_platform``. Experiments this module creates in any ``sqlite:///`` store get
+    their artifact location next to the database (``<db dir>/mlartifacts/<experiment>``), never
+    MLflow's cwd-relative ``./mlruns``; other stores (an MLflow server) choose for themselves.
+
+Runs
+    ``SweepTracker`` writes through ``MlflowClient`` only (no ``mlflow.start_run`` global
+    state), so it is safe in a long-lived driver such as a Ray Tune callback. A sweep is one
+    parent run (tags ``drifting.sweep=true``, ``drifting.sweep_name``); each trial is one
+    child run (tag ``mlflow.parentRunId``). Every write is retried while SQLite says
+    "database is locked" (backoff, a few seconds at most). Params never carry credentials:
+    keys that look like secrets are dropped and ``user:password@`` in URLs is masked.
+
+``track_run`` records a single ``train`` run; ``serve_ui`` / ``ui_command`` run the MLflow UI
+bound to 127.0.0.1.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Sequence, Union
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+# MLflow's limits (mlflow/utils/validation.py); repeated here so that we truncate instead of failing
+MAX_PARAM_VAL_LENGTH = 6000
+MAX_TAG_VAL_LENGTH = 8000
+MAX_KEY_LENGTH = 250
+MAX_PARAMS_TAGS_PER_BATCH = 100
+MAX_METRICS_PER_BATCH = 1000
+MAX_ERROR_LENGTH = 5000
+
+RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
+
+TAG_SWEEP = "drifting.sweep"
+TAG_SWEEP_NAME = "drifting.sweep_name"
+TAG_EXPERIMENT = "drifting.experiment"
+TAG_ROW = "drifting.row"
+TAG_TRIAL = "drifting.trial"
+TAG_ERROR = "drifting.error"
+TAG_PARENT = "mlflow.parentRunId"
+
+# a key (any dotted component) that looks like a credential; `token` only as a whole word so
+# that model keys such as `style_tokens` survive
+_SECRET_KEY_RE = re.compile(
+    r"secret|passw(or)?d|credential|access_?key|key_?id|api_?key|private_?key|auth_?header"
+    r"|(^|[^a-z])token($|[^a-z])",
+    re.IGNORECASE,
+)
+_URL_USERINFO_RE = re.compile(r"([a-zA-Z][a-zA-Z0-9+.\-]*://)[^/@\s:]+:[^/@\s]+@")
+_LOCKED_MARKERS = ("database is locked", "database table is locked", "database is busy")
+
+# retry schedule for SQLite lock errors: about 4 s in all
+_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.5)
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def drifting_home() -> Path:
+    """``$DRIFTING_HOME`` (default ``~/.drifting_platform``), absolute; created on demand."""
+    home = Path(os.environ.get("DRIFTING_HOME") or "~/.drifting_platform").expanduser().resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def default_tracking_uri() -> str:
+    """``sqlite:///<drifting_home>/mlflow.db`` (absolute)."""
+    return f"sqlite:///{drifting_home() / 'mlflow.db'}"
+
+
+def tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI`` when set, else ``default_tracking_uri()``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def _sqlite_path(uri: str) -> Optional[Path]:
+    """The database file of a ``sqlite:///`` URI (None for other stores or in-memory)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    rest = uri[len("sqlite:///"):].split("?", 1)[0]
+    if not rest or rest == ":memory:":
+        return None
+    return Path(rest if rest.startswith("/") else rest).expanduser().resolve()
+
+
+def default_artifact_root(uri: Optional[str] = None) -> Optional[Path]:
+    """Where artifacts of experiments this module creates in store ``uri`` go.
+
+    ``<drifting_home>/mlartifacts`` for the default store, ``<db dir>/mlartifacts`` for any other
+    ``sqlite:///`` store, None (the server decides) otherwise."""
+    uri = uri or tracking_uri()
+    if uri == default_tracking_uri():
+        return drifting_home() / "mlartifacts"
+    db = _sqlite_path(uri)
+    return db.parent / "mlartifacts" if db is not None else None
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "_", name).strip("._") or "experiment"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _is_locked(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(m in text for m in _LOCKED_MARKERS)
+
+
+def with_retry(fn: Callable[..., Any], *args: Any, delays: Sequence[float] = _RETRY_DELAYS, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``, retried with backoff while it fails with SQLite's
+    "database is locked"; any other error, or the last lock error, propagates."""
+    for attempt in range(len(delays) + 1):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - MlflowException / sqlalchemy / sqlite3
+            if not _is_locked(exc) or attempt == len(delays):
+                raise
+            log.debug("tracking store locked (%s); retry in %.2fs", exc, delays[attempt])
+            time.sleep(delays[attempt])
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def is_secret_key(key: str) -> bool:
+    """True when any dotted component of ``key`` looks like a credential name."""
+    return any(_SECRET_KEY_RE.search(part) for part in re.split(r"[./]", str(key)))
+
+
+def mask_url_credentials(text: str) -> str:
+    """``s3://user:pass@host/x`` -> ``s3://***@host/x``."""
+    return _URL_USERINFO_RE.sub(r"\1***@", text)
+
+
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings -> ``{"a.b.c": value}`` (lists and other values are kept as leaves)."""
+    out: dict[str, Any] = {}
+    for k, v in params.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            if v:
+                out.update(flatten_params(v, key + "."))
+            else:
+                out[key] = "{}"
+        else:
+            out[key] = v
+    return out
+
+
+def _stringify(value: Any) -> str:
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, (list, tuple)):
+        try:
+            text = json.dumps(list(value))
+        except (TypeError, ValueError):
+            text = str(list(value))
+    else:
+        text = str(value)
+    return mask_url_credentials(text)
+
+
+def clean_params(params: Optional[Mapping[str, Any]]) -> dict[str, str]:
+    """Flatten, drop credential-looking keys, stringify and truncate to MLflow's limits."""
+    out: dict[str, str] = {}
+    for key, value in flatten_params(params or {}).items():
+        if is_secret_key(key):
+            continue
+        out[str(key)[:MAX_KEY_LENGTH]] = _stringify(value)[:MAX_PARAM_VAL_LENGTH]
+    return out
+
+
+def _clean_tags(tags: Optional[Mapping[str, Any]]) -> dict[str, str]:
+    return {
+        str(k)[:MAX_KEY_LENGTH]: _stringify(v)[:MAX_TAG_VAL_LENGTH]
+        for k, v in (tags or {}).items()
+        if v is not None and not is_secret_key(k)
+    }
+
+
+def _as_float(value: Any) -> Optional[float]:
+    """A finite float, or None for non-numeric / non-finite values."""
+    if isinstance(value, (str, bytes)) or value is None:
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError, RuntimeError):  # RuntimeError: multi-element tensors
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _metric_key(key: str) -> str:
+    # MLflow allows alphanumerics, _ - . space : / ; anything else becomes _
+    return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", str(key))[:MAX_KEY_LENGTH]
+
+
+def _chunks(items: list, n: int) -> Iterable[list]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# --------------------------------------------------------------------------- sweeps
+
+
+class SweepTracker:
+    """Parent run per sweep, child run per trial, through ``MlflowClient`` only.
+
+    ``experiment`` is the MLflow experiment (created on first use); when None, each
+    ``start_sweep(name, ...)`` uses ``name`` as the experiment. ``uri`` defaults to
+    ``tracking_uri()``. Every method is a plain synchronous write, retried on SQLite locks.
+    """
+
+    def __init__(self, experiment: Optional[str] = None, *, uri: Optional[str] = None):
+        self.experiment = experiment
+        self.uri = uri or tracking_uri()
+        self._client = None
+        self._experiment_ids: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return f"SweepTracker(experiment={self.experiment!r}, uri={self.uri!r})"
+
+    # -- plumbing
+    @property
+    def client(self):
+        """The underlying ``mlflow.MlflowClient`` (created on first use)."""
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def experiment_id(self, experiment: Optional[str] = None, *, create: bool = True) -> Optional[str]:
+        """The id of ``experiment`` (default: this tracker's), created when missing."""
+        name = experiment or self.experiment
+        if not name:
+            raise ValueError("no experiment: pass SweepTracker(experiment) or a name")
+        if name in self._experiment_ids:
+            return self._experiment_ids[name]
+        exp = with_retry(self.client.get_experiment_by_name, name)
+        if exp is None:
+            if not create:
+                return None
+            root = default_artifact_root(self.uri)
+            location = (root / _slug(name)).as_uri() if root is not None else None
+            try:
+                exp_id = with_retry(self.client.create_experiment, name, artifact_location=location)
+            except Exception:  # noqa: BLE001 - created concurrently by another process?
+                exp = with_retry(self.client.get_experiment_by_name, name)
+                if exp is None:
+                    raise
+                exp_id = exp.experiment_id
+        else:
+            if getattr(exp, "lifecycle_stage", "active") == "deleted":
+                with_retry(self.client.restore_experiment, exp.experiment_id)
+            exp_id = exp.experiment_id
+        self._experiment_ids[name] = exp_id
+        return exp_id
+
+    def _create_run(self, experiment: str, run_name: str, tags: dict[str, str]) -> str:
+        exp_id = self.experiment_id(experiment)
+        run = with_retry(self.client.create_run, exp_id, start_time=_now_ms(), tags=tags, run_name=run_name)
+        return run.info.run_id
+
+    # -- runs
+    def start_sweep(
+        self,
+        name: str,
+        params: Optional[Mapping[str, Any]] = None,
+        tags: Optional[Mapping[str, Any]] = None,
+        resume_run_id: Optional[str] = None,
+    ) -> str:
+        """Create the parent run of a sweep (or reopen ``resume_run_id``); returns its id.
+
+        Tags: ``drifting.sweep=true`` (what ``find_latest_sweep`` looks for),
+        ``drifting.sweep_name`` (``tags["drifting.sweep"]`` when the caller passed a sweep
+        instance name there, else ``name``) and ``drifting.experiment``."""
+        experiment = self.experiment or name
+        user = _clean_tags(tags)
+        sweep_name = user.pop(TAG_SWEEP, None)
+        if sweep_name in (None, "", "true", "True"):
+            sweep_name = user.get(TAG_SWEEP_NAME) or name
+        all_tags = {**user, TAG_SWEEP: "true", TAG_SWEEP_NAME: sweep_name, TAG_EXPERIMENT: experiment}
+        if resume_run_id:
+            with_retry(self.client.update_run, resume_run_id, status="RUNNING")
+            self.set_tags(resume_run_id, all_tags)
+            run_id = resume_run_id
+        else:
+            run_id = self._create_run(experiment, sweep_name, all_tags)
+        if params:
+            self.log_params(run_id, params)
+        return run_id
+
+    def start_trial(
+        self,
+        parent_id: str,
+        trial_name: str,
+        params: Optional[Mapping[str, Any]] = None,
+        tags: Optional[Mapping[str, Any]] = None,
+    ) -> str:
+        """Create a child run of ``parent_id`` named ``trial_name`` (same experiment); returns its id.
+
+        Tags: ``mlflow.parentRunId``, ``drifting.trial`` and ``drifting.row`` (default
+        ``trial_name``) unless given."""
+        parent = with_retry(self.client.get_run, parent_id)
+        all_tags = {TAG_ROW: trial_name, **_clean_tags(tags), TAG_PARENT: parent_id, TAG_TRIAL: trial_name}
+        run = with_retry(
+            self.client.create_run, parent.info.experiment_id, start_time=_now_ms(), tags=all_tags, run_name=trial_name
+        )
+        run_id = run.info.run_id
+        if params:
+            self.log_params(run_id, params)
+        return run_id
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, Any], step: int = 0, *, timestamp_ms: Optional[int] = None) -> int:
+        """Log the finite numeric values of ``metrics`` at ``step`` (one batch); returns how many."""
+        from mlflow.entities import Metric
+
+        ts = timestamp_ms if timestamp_ms is not None else _now_ms()
+        entries = []
+        for k, v in (metrics or {}).items():
+            f = _as_float(v)
+            if f is not None:
+                entries.append(Metric(_metric_key(k), f, ts, int(step)))
+        for chunk in _chunks(entries, MAX_METRICS_PER_BATCH):
+            with_retry(self.client.log_batch, run_id, metrics=chunk)
+        return len(entries)
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> dict[str, str]:
+        """Log params (flattened, stringified, truncated, credentials dropped); returns what was logged.
+
+        MLflow params are immutable: keys the run already has are skipped (a differing value
+        is logged as a warning, not an error), so resuming a run is safe."""
+        from mlflow.entities import Param
+
+        clean = clean_params(params)
+        if not clean:
+            return {}
+        existing = with_retry(self.client.get_run, run_id).data.params
+        todo = {}
+        for k, v in clean.items():
+            if k in existing:
+                if existing[k] != v:
+                    log.warning("tracking: param %s of run %s is already %r; not changed to %r", k, run_id, existing[k], v)
+                continue
+            todo[k] = v
+        items = [Param(k, v) for k, v in todo.items()]
+        for chunk in _chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
+            with_retry(self.client.log_batch, run_id, params=chunk)
+        return todo
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        """Set tags (stringified, truncated; credential-looking keys dropped)."""
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, v) for k, v in _clean_tags(tags).items()]
+        for chunk in _chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
+            with_retry(self.client.log_batch, run_id, tags=chunk)
+
+    def log_artifacts(
+        self, run_id: str, paths: Union[PathLike, Iterable[PathLike]], artifact_path: Optional[str] = None
+    ) -> list[str]:
+        """Upload files / directories; returns the artifact paths written.
+
+        A single directory: its contents go under ``artifact_path`` (like
+        ``MlflowClient.log_artifacts``). A list: each file goes under ``artifact_path``, each
+        directory under ``artifact_path/<dir name>``. Missing paths are skipped (logged)."""
+        single_dir = isinstance(paths, (str, os.PathLike)) and Path(paths).is_dir()
+        items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        done: list[str] = []
+        for item in items:
+            p = Path(item)
+            if not p.exists():
+                log.warning("tracking: artifact %s does not exist; skipped", p)
+                continue
+            if p.is_dir():
+                dest = artifact_path if single_dir else "/".join(x for x in (artifact_path, p.name) if x)
+                with_retry(self.client.log_artifacts, run_id, str(p), dest or None)
+                done.append(dest or ".")
+            else:
+                with_retry(self.client.log_artifact, run_id, str(p), artifact_path)
+                done.append("/".join(x for x in (artifact_path, p.name) if x))
+        return done
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        """Write ``text`` as the artifact ``artifact_file`` (e.g. ``table.md``)."""
+        with_retry(self.client.log_text, run_id, text, artifact_file)
+
+    def log_dict(self, run_id: str, dictionary: Mapping[str, Any], artifact_file: str) -> None:
+        """Write ``dictionary`` as JSON (or YAML for .yaml/.yml) artifact ``artifact_file``."""
+        with_retry(self.client.log_dict, run_id, dict(dictionary), artifact_file)
+
+    def end_run(self, run_id: str, status: str = "FINISHED", error: Optional[str] = None) -> None:
+        """Terminate a run as FINISHED, FAILED or KILLED; ``error`` goes to tag ``drifting.error``
+        (its last ``MAX_ERROR_LENGTH`` characters: the end of a traceback is what matters)."""
+        status = str(status).upper()
+        if status not in RUN_STATUSES:
+            raise ValueError(f"status must be one of {RUN_STATUSES}, got {status!r}")
+        if error:
+            text = mask_url_credentials(str(error))
+            if len(text) > MAX_ERROR_LENGTH:
+                text = "..." + text[-(MAX_ERROR_LENGTH - 3):]
+            with_retry(self.client.set_tag, run_id, TAG_ERROR, text)
+        with_retry(self.client.set_terminated, run_id, status=status, end_time=_now_ms())
+
+    # -- reading
+    def get_run(self, run_id: str):
+        return with_retry(self.client.get_run, run_id)
+
+    def find_latest_sweep(self, experiment: Optional[str] = None):
+        """The most recently started parent run (tag ``drifting.sweep=true``) of ``experiment``
+        (default: this tracker's), or None."""
+        exp_id = self.experiment_id(experiment, create=False)
+        if exp_id is None:
+            return None
+        runs = with_retry(
+            self.client.search_runs,
+            [exp_id],
+            filter_string=f"tags.`{TAG_SWEEP}` = 'true'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        return runs[0] if runs else None
+
+    def child_runs(self, parent_id: str) -> list:
+        """Every child run of ``parent_id``, in start order."""
+        parent = with_retry(self.client.get_run, parent_id)
+        out, token = [], None
+        while True:
+            page = with_retry(
+                self.client.search_runs,
+                [parent.info.experiment_id],
+                filter_string=f"tags.`{TAG_PARENT}` = '{parent_id}'",
+                order_by=["attributes.start_time ASC"],
+                max_results=1000,
+                page_token=token,
+            )
+            out.extend(page)
+            token = getattr(page, "token", None)
+            if not token:
+                break
+        out.sort(key=lambda r: (r.info.start_time or 0))
+        return out
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """``[(step, value), ...]`` of one metric, sorted by step then time."""
+        hist = with_retry(self.client.get_metric_history, run_id, key)
+        return [(m.step, m.value) for m in sorted(hist, key=lambda m: (m.step, m.timestamp))]
+
+
+def find_latest_sweep(experiment: str, *, uri: Optional[str] = None):
+    """The latest parent run (an ``mlflow.entities.Run``) of ``experiment``, or None."""
+    return SweepTracker(experiment, uri=uri).find_latest_sweep()
+
+
+def child_runs(parent_id: str, *, uri: Optional[str] = None) -> list:
+    """Every child run of ``parent_id``, in start order."""
+    return SweepTracker(uri=uri).child_runs(parent_id)
+
+
+# --------------------------------------------------------------------------- single runs
+
+#: files of a run directory that ``track_run``'s ``finish`` uploads (checkpoints are not)
+RUN_DIR_ARTIFACTS = ("samples.npz", "samples.png", "summary.json", "metrics.jsonl", "config.yaml", "config.json")
+
+
+class TrackedRun(NamedTuple):
+    """What ``track_run`` returns; unpacks as ``run_id, report, finish``."""
+
+    run_id: str
+    report: Callable[[int, Mapping[str, Any]], None]
+    finish: Callable[..., None]
+
+
+def track_run(
+    experiment: str,
+    run_name: str,
+    params: Optional[Mapping[str, Any]] = None,
+    *,
+    uri: Optional[str] = None,
+    tags: Optional[Mapping[str, Any]] = None,
+) -> TrackedRun:
+    """Track one ``train`` run: returns ``(run_id, report, finish)``.
+
+    ``report(step, metrics)`` is the training loop's reporter hook (a failing write is logged,
+    never raised). ``finish(summary=None, run_dir=None, *, status="FINISHED", error=None)``
+    logs the summary's numbers as metrics at step ``summary["steps"]``, uploads
+    ``RUN_DIR_ARTIFACTS`` found in ``run_dir`` and ends the run."""
+    tracker = SweepTracker(experiment, uri=uri)
+    run_id = tracker._create_run(experiment, run_name, {**_clean_tags(tags), TAG_EXPERIMENT: experiment})
+    if params:
+        tracker.log_params(run_id, params)
+
+    def report(step: int, metrics: Mapping[str, Any]) -> None:
+        try:
+            tracker.log_metrics(run_id, metrics, int(step))
+        except Exception as exc:  # noqa: BLE001 - tracking must not stop training
+            log.warning("tracking: log_metrics failed: %s", exc)
+
+    def finish(
+        summary: Optional[Mapping[str, Any]] = None,
+        run_dir: Optional[PathLike] = None,
+        *,
+        status: str = "FINISHED",
+        error: Optional[str] = None,
+    ) -> None:
+        if summary:
+            step = int(_as_float(summary.get("steps")) or 0)
+            tracker.log_metrics(run_id, summary, step)
+        if run_dir is not None:
+            files = [Path(run_dir) / f for f in RUN_DIR_ARTIFACTS if (Path(run_dir) / f).is_file()]
+            if files:
+                tracker.log_artifacts(run_id, files)
+        tracker.end_run(run_id, status, error)
+
+    return TrackedRun(run_id, report, finish)
+
+
+# --------------------------------------------------------------------------- UI
+
+
+def ui_command(*, port: int = 5000, host: str = "127.0.0.1", uri: Optional[str] = None, workers: int = 1) -> list[str]:
+    """``python -m mlflow ui`` for store ``uri`` (default ``tracking_uri()``), bound to ``host``."""
+    uri = uri or tracking_uri()
+    cmd = [
+        sys.executable, "-m", "mlflow", "ui",
+        "--backend-store-uri", uri,
+        "--host", host,
+        "--port", str(int(port)),
+        "--workers", str(int(workers)),
+    ]
+    root = default_artifact_root(uri)
+    if root is not None:
+        cmd += ["--default-artifact-root", root.as_uri()]
+    return cmd
+
+
+def serve_ui(
+    *,
+    port: int = 5000,
+    host: str = "127.0.0.1",
+    uri: Optional[str] = None,
+    wait: Optional[float] = None,
+    log_path: Optional[PathLike] = None,
+) -> subprocess.Popen:
+    """Start the MLflow UI in the background (its own process group); returns the process.
+
+    With ``wait`` (seconds), block until ``http://host:port/`` answers 200, else stop it and
+    raise ``TimeoutError``. Output goes to ``log_path`` (default: discarded). Stop it with
+    ``stop_ui(proc)``, which also ends the server's worker processes."""
+    uri = uri or tracking_uri()
+    root = default_artifact_root(uri)
+    if root is not None:
+        root.mkdir(parents=True, exist_ok=True)
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        proc = subprocess.Popen(
+            ui_command(port=port, host=host, uri=uri),
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    finally:
+        if log_path:
+            out.close()
+    if wait:
+        if not wait_for_ui(f"http://{_url_host(host)}:{port}/", timeout=wait, proc=proc):
+            stop_ui(proc)
+            raise TimeoutError(f"MLflow UI did not answer on {host}:{port} within {wait:g}s")
+    return proc
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def wait_for_ui(url: str, *, timeout: float = 30.0, proc: Optional[subprocess.Popen] = None) -> bool:
+    """Poll ``url`` until it answers HTTP 200 (True) or ``timeout`` passes / ``proc`` exits (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - local URL
+                if resp.status == 200:
+                    return True
+        except Exception:  # noqa: BLE001 - not up yet
+            pass
+        time.sleep(0.3)
+    return False
+
+
+def stop_ui(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Stop a ``serve_ui`` process and its process group (SIGTERM, then SIGKILL)."""
+    if proc.poll() is not None:
+        return
+    try:
+        pgid = os.getpgid(proc.pid)
+    except ProcessLookupError:
+        return
+    own = pgid == proc.pid  # serve_ui starts a new session, so the group is ours alone
+    try:
+        os.killpg(pgid, signal.SIGTERM) if own else proc.terminate()
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(pgid, signal.SIGKILL) if own else proc.kill()
+        proc.wait(timeout=timeout)
+    except ProcessLookupError:
+        pass
+    if own:  # workers that outlived the CLI process
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
