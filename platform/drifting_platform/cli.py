@@ -77,6 +77,35 @@ def train(config: str, out: str, preset: str | None, overrides: tuple[str, ...],
 
 
 @main.command()
+@click.argument("config")
+@click.option("--out", "out", default=None, type=click.Path(file_okay=False), help="Run directory (default $DRIFTING_HOME/pretrain/NAME-HASH; resumes there).")
+@click.option("--preset", default=None, help="A preset of the config file (smoke, local, ...).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config value; repeatable.")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Ray Train DDP workers; 0 trains in this process without Ray.")
+@click.option("--gpu", is_flag=True, help="One GPU per Ray Train worker (NCCL); needs --workers.")
+@click.option("--no-register", is_flag=True, help="Track the run in MLflow but do not register the weights.")
+@click.option("--no-resume", is_flag=True, help="Start afresh even if the run directory holds a checkpoint.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def pretrain(config: str, out: str | None, preset: str | None, overrides: tuple[str, ...], workers: int, gpu: bool, no_register: bool, no_resume: bool, quiet: bool) -> None:
+    """Pre-train a feature encoder (SimCLR, MoCo-v2, MAE; optional classifier fine-tuning),
+    track it in MLflow (experiment "encoders") and register its weights as a model version."""
+    from .launch.pretrain import load_pretrain_config, run_pretrain
+
+    if gpu and workers < 1:
+        raise click.BadParameter("--gpu needs --workers N (N >= 1)", param_hint="--gpu")
+    try:
+        cfg = load_pretrain_config(resolve_config_path(config), preset, overrides)
+        res = run_pretrain(cfg, out, workers=workers, gpu=gpu, register=False if no_register else None, progress=not quiet, resume=not no_resume)
+    except ConfigError as exc:
+        raise click.ClickException(f"bad config: {exc}") from None
+    click.echo(json.dumps(res["summary"], indent=2))
+    reg = res["registered"]
+    click.echo(f"encoder in {res['out_dir']}/encoder; MLflow run {reg['run_id']}")
+    if reg.get("version") is not None:
+        click.echo(f"registered as {reg['uri']}  (use it with encoder: {{name: {cfg.objective.name}, source: \"{reg['uri']}\"}})")
+
+
+@main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--num", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False))

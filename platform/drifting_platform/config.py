@@ -50,6 +50,13 @@ class ModelConfig:
 class EncoderConfig:
     name: str = "pixel"  # a key of drifting_platform.encoders.ENCODERS
     kwargs: dict = field(default_factory=dict)  # passed to the encoder factory
+    # learned encoders (simclr, moco, mae, learned): models:/NAME/VERSION (MLflow registry,
+    # also /latest or @alias) or a local directory written by `drifting-platform pretrain`
+    source: Optional[str] = None
+
+
+# encoder names that load pre-trained weights from encoder.source (encoders/learned.py)
+LEARNED_ENCODERS = ("learned", "simclr", "moco", "mae")
 
 
 @dataclass(frozen=True)
@@ -222,6 +229,10 @@ def _build(cls: type, raw: dict, path: str) -> Any:
 def validate(cfg: Config) -> Config:
     """Range checks that types cannot express. Returns `cfg` or raises ConfigError."""
     d, s, t, c, e = cfg.drift, cfg.sampling, cfg.train, cfg.cfg, cfg.eval
+    if cfg.encoder.name in LEARNED_ENCODERS and not cfg.encoder.source:
+        raise ConfigError(f"encoder.source: encoder {cfg.encoder.name!r} loads pre-trained weights; give models:/NAME/VERSION or a local directory")
+    if cfg.encoder.source and cfg.encoder.name not in LEARNED_ENCODERS:
+        raise ConfigError(f"encoder.source: encoder {cfg.encoder.name!r} takes no weights (learned encoders: {', '.join(LEARNED_ENCODERS)})")
     if not d.temperatures:
         raise ConfigError("drift.temperatures: at least one temperature is needed")
     for i, tau in enumerate(d.temperatures):

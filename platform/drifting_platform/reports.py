@@ -109,7 +109,7 @@ CSV_FIELDS = ("label", "status", "metric", "value", "ratio", "paper", "paper_rat
 def _norm(label: str) -> str:
     s = str(label).lower()
     s = s.replace("⁺", "+").replace("⁻", "-").replace("−", "-").replace("–", "-").replace("τ", "tau")
-    s = re.sub(r"\s*\((default|attraction only)\)\s*$", "", s)
+    s = re.sub(r"\s*\([^()]*\)\s*$", "", s)  # "(default)", "(ours: w16)", ...
     s = re.sub(r"[\s_]+", "", s)
     return s
 

@@ -662,3 +662,161 @@ def stop_ui(proc: subprocess.Popen, timeout: float = 10.0) -> None:
             os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+# --------------------------------------------------------------------------- encoder registry
+
+ENCODER_EXPERIMENT = "encoders"
+TAG_CONFIG_HASH = "drifting.config_hash"
+TAG_REGISTERED = "drifting.registered_model"
+_MODEL_URI_RE = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[^/]+)|@(?P<alias>[^/]+))$")
+
+
+def _registry_client(uri: Optional[str] = None):
+    from mlflow import MlflowClient
+
+    uri = uri or tracking_uri()
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def record_pretrain(
+    config: Mapping[str, Any],
+    run_dir: PathLike,
+    summary: Mapping[str, Any],
+    *,
+    name: str,
+    config_hash: str,
+    register: bool = True,
+    experiment: str = ENCODER_EXPERIMENT,
+    run_name: Optional[str] = None,
+    uri: Optional[str] = None,
+    tags: Optional[Mapping[str, Any]] = None,
+) -> dict:
+    """Track one finished encoder pre-training job and register its weights.
+
+    One run in ``experiment`` with the config as params, the metric history of
+    ``run_dir/metrics.jsonl``, the summary's numbers, and the artifacts ``encoder/``,
+    ``summary.json`` and ``metrics.jsonl``. With ``register``, a new version of registered
+    model ``name`` whose source is ``runs:/<run id>/encoder``, tagged with the config hash
+    (how sweeps find a reusable version), the objective and the probe accuracy. Returns
+    {"run_id", "name", "version", "uri"} (uri: ``models:/name/version``, or the run's
+    artifact URI when not registered).
+    """
+    run_dir = Path(run_dir)
+    tracker = SweepTracker(experiment, uri=uri)
+    meta = json.loads((run_dir / "encoder" / "encoder.json").read_text())
+    run_tags = {**_clean_tags(tags), TAG_EXPERIMENT: experiment, TAG_CONFIG_HASH: config_hash, "drifting.objective": meta.get("objective", "")}
+    run_id = tracker._create_run(experiment, run_name or name, run_tags)
+    try:
+        tracker.log_params(run_id, config)
+        metrics_file = run_dir / "metrics.jsonl"
+        if metrics_file.is_file():
+            for line in metrics_file.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                tracker.log_metrics(run_id, {k: v for k, v in row.items() if k != "step"}, int(row.get("step", 0)))
+        tracker.log_metrics(run_id, {k: v for k, v in summary.items() if k != "steps"}, int(summary.get("steps", 0)))
+        tracker.log_artifacts(run_id, run_dir / "encoder", "encoder")
+        tracker.log_artifacts(run_id, [p for p in (run_dir / "summary.json", metrics_file) if p.is_file()])
+        out = {"run_id": run_id, "name": name, "version": None, "uri": f"runs:/{run_id}/encoder"}
+        if register:
+            client = _registry_client(tracker.uri)
+            try:
+                with_retry(client.create_registered_model, name, tags={"drifting.kind": "encoder"}, description="a frozen feature encoder for drifting models (drifting-platform pretrain)")
+            except Exception as exc:  # noqa: BLE001 - exists already (or created concurrently)
+                if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
+                    raise
+            mv_tags = {TAG_CONFIG_HASH: config_hash, "objective": str(meta.get("objective")), "widths": str(meta.get("backbone", {}).get("widths"))}
+            if "probe_accuracy" in summary:
+                mv_tags["probe_accuracy"] = f"{float(summary['probe_accuracy']):.4f}"
+            mv = with_retry(client.create_model_version, name, f"runs:/{run_id}/encoder", run_id=run_id, tags=mv_tags)
+            out.update(version=int(mv.version), uri=f"models:/{name}/{mv.version}")
+            tracker.set_tags(run_id, {TAG_REGISTERED: out["uri"]})
+        tracker.end_run(run_id, "FINISHED")
+        return out
+    except BaseException as exc:
+        tracker.end_run(run_id, "FAILED", repr(exc))
+        raise
+
+
+def find_encoder_version(name: str, config_hash: str, *, uri: Optional[str] = None) -> Optional[int]:
+    """The newest version of registered model ``name`` trained from ``config_hash`` (or None)."""
+    client = _registry_client(uri)
+    try:
+        versions = with_retry(client.search_model_versions, f"name='{name}'")
+    except Exception:  # noqa: BLE001 - no such model
+        return None
+    good = [int(v.version) for v in versions if (v.tags or {}).get(TAG_CONFIG_HASH) == config_hash and str(getattr(v, "status", "READY")) == "READY"]
+    return max(good) if good else None
+
+
+def resolve_model_uri(model_uri: str, *, uri: Optional[str] = None) -> tuple[str, int]:
+    """``models:/NAME/VERSION``, ``models:/NAME/latest`` or ``models:/NAME@ALIAS`` -> (NAME, version)."""
+    m = _MODEL_URI_RE.match(model_uri)
+    if not m:
+        raise ValueError(f"{model_uri}: expected models:/NAME/VERSION, models:/NAME/latest or models:/NAME@ALIAS")
+    name, version, alias = m.group("name"), m.group("version"), m.group("alias")
+    client = _registry_client(uri)
+    if alias:
+        return name, int(with_retry(client.get_model_version_by_alias, name, alias).version)
+    if version == "latest":
+        versions = with_retry(client.search_model_versions, f"name='{name}'")
+        if not versions:
+            raise ValueError(f"{model_uri}: registered model {name!r} has no versions in {mask_url_credentials(client.tracking_uri)}")
+        return name, max(int(v.version) for v in versions)
+    if not version.isdigit():
+        raise ValueError(f"{model_uri}: version must be a number, 'latest' or @alias")
+    with_retry(client.get_model_version, name, version)  # raises when it does not exist
+    return name, int(version)
+
+
+def download_encoder(source: str, *, uri: Optional[str] = None) -> Path:
+    """A local directory with the encoder artifact of ``source`` (``models:/...`` or ``runs:/...``).
+
+    Registry versions are immutable, so each is downloaded once into
+    ``<drifting_home>/encoders/<name>/<version>`` (atomically: concurrent trials may ask at once).
+    """
+    import shutil
+    import tempfile
+
+    from mlflow.artifacts import download_artifacts
+
+    uri = uri or tracking_uri()
+    if source.startswith("models:/"):
+        name, version = resolve_model_uri(source, uri=uri)
+        client = _registry_client(uri)
+        mv = with_retry(client.get_model_version, name, str(version))
+        artifact = mv.source
+        dest = drifting_home() / "encoders" / _slug(name) / str(version)
+    else:
+        artifact = source
+        dest = drifting_home() / "encoders" / "runs" / _slug(source[len("runs:/"):])
+    if (dest / "encoder.json").is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".dl-", dir=dest.parent))
+    try:
+        with_retry(download_artifacts, artifact_uri=artifact, dst_path=str(tmp), tracking_uri=uri)
+        got = tmp / "encoder" if (tmp / "encoder" / "encoder.json").is_file() else tmp
+        if not (got / "encoder.json").is_file():
+            raise FileNotFoundError(f"{source}: the artifact has no encoder.json")
+        pinned = f"models:/{name}/{version}" if source.startswith("models:/") else source
+        (got / "registry.json").write_text(json.dumps({"source": pinned, "artifact": artifact}) + "\n")
+        try:
+            os.replace(got, dest)
+        except OSError:
+            if not (dest / "encoder.json").is_file():  # lost a race only if the winner finished
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def encoder_version_tags(source: Optional[str], *, uri: Optional[str] = None) -> dict[str, str]:
+    """Tags a drifting run records about its encoder: the concrete registry version."""
+    if not source or not source.startswith("models:/"):
+        return {"drifting.encoder_source": source} if source else {}
+    name, version = resolve_model_uri(source, uri=uri)
+    return {"drifting.encoder_source": f"models:/{name}/{version}", "drifting.encoder_model": name, "drifting.encoder_version": str(version)}

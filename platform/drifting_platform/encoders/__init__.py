@@ -8,8 +8,9 @@ from .base import ENCODERS, Encoder, build_encoder, register_encoder
 from .multiscale import STD_EPS, multiscale_features
 from .pixel import PixelEncoder
 from .random_cnn import RandomCNNEncoder
+from .learned import LEARNED_NAMES, LearnedEncoder
 
 __all__ = [
-    "ENCODERS", "STD_EPS", "Encoder", "PixelEncoder", "RandomCNNEncoder",
+    "ENCODERS", "LEARNED_NAMES", "STD_EPS", "Encoder", "LearnedEncoder", "PixelEncoder", "RandomCNNEncoder",
     "build_encoder", "multiscale_features", "register_encoder",
 ]

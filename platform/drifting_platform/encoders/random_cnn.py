@@ -25,6 +25,7 @@ class RandomCNNEncoder(Encoder):
     """Stages of conv3x3 (stride 1 in the first stage, 2 after) + activation, frozen.
 
     input_shape: (C, H, W). widths: channels per stage (a list from YAML is fine).
+    first_stride: 2 puts the first stage at half resolution (upsampled inputs: 4x cheaper).
     seed: the weights depend on it alone (a local torch.Generator draws them, so the global
     RNG state neither changes them nor is changed). Init: zero-mean normal with std
     gain / sqrt(fan_in) (He et al.), so the activations keep roughly unit scale with depth.
@@ -40,6 +41,7 @@ class RandomCNNEncoder(Encoder):
         seed: int = 0,
         activation: str = "gelu",
         include_input: bool = True,
+        first_stride: int = 1,
     ):
         super().__init__(input_shape)
         if len(self.input_shape) != 3:
@@ -49,6 +51,8 @@ class RandomCNNEncoder(Encoder):
             raise ValueError(f"random_cnn: widths must be positive channel counts, got {widths}")
         if activation not in _ACTIVATIONS:
             raise ValueError(f"random_cnn: unknown activation {activation!r}; known: {sorted(_ACTIVATIONS)}")
+        if int(first_stride) not in (1, 2):
+            raise ValueError(f"random_cnn: first_stride must be 1 or 2, got {first_stride}")
         self.widths, self.seed, self.include_input = widths, int(seed), bool(include_input)
         self.act = _ACTIVATIONS[activation]()
         gain = math.sqrt(2.0) if activation in ("relu", "gelu", "silu") else 1.0
@@ -57,7 +61,7 @@ class RandomCNNEncoder(Encoder):
         c_in = self.input_shape[0]
         for i, c_out in enumerate(widths):
             # skip_init: no default init, so building does not consume the global RNG
-            conv = torch.nn.utils.skip_init(nn.Conv2d, c_in, c_out, 3, stride=1 if i == 0 else 2, padding=1)
+            conv = torch.nn.utils.skip_init(nn.Conv2d, c_in, c_out, 3, stride=int(first_stride) if i == 0 else 2, padding=1)
             with torch.no_grad():
                 fan_in = c_in * 9
                 conv.weight.copy_(torch.randn(conv.weight.shape, generator=rng) * (gain / math.sqrt(fan_in)))

@@ -125,13 +125,25 @@ def _restore(checkpoint: Optional[Checkpoint], run_dir: Path, initial: Optional[
             src_ctx.__exit__(None, None, None)
 
 
+def _loop_for(cfg):
+    """The framework-neutral loop that runs `cfg`: drifting training or encoder pre-training."""
+    from ..pretrain.config import PretrainConfig
+
+    if isinstance(cfg, PretrainConfig):
+        from ..pretrain.loop import pretrain_loop
+
+        return pretrain_loop
+    from ..train import training_loop
+
+    return training_loop
+
+
 def _train_worker(config: dict) -> None:
     """The per-worker function of the TorchTrainer."""
     import torch
 
-    from ..train import training_loop
-
-    cfg: Config = config["cfg"]
+    cfg = config["cfg"]
+    loop = _loop_for(cfg)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if config["gpu"]:
@@ -143,7 +155,7 @@ def _train_worker(config: dict) -> None:
         resume = _restore(ray.train.get_checkpoint(), run_dir, config.get("initial_checkpoint"))
         if rank == 0:
             rep = _Rank0Reporter(world)
-            training_loop(
+            loop(
                 cfg, run_dir, reporter=rep.metrics if config["report_metrics"] else None, checkpoint_hook=rep.checkpoint,
                 resume=resume, progress=config["progress"], evaluate=config["evaluate"],
             )
@@ -151,7 +163,7 @@ def _train_worker(config: dict) -> None:
         else:
             shadow = _ShadowReporter()
             shadow.start()
-            training_loop(cfg, run_dir, resume=resume, progress=False, evaluate=False)
+            loop(cfg, run_dir, resume=resume, progress=False, evaluate=False)
             shadow.join()  # returns once rank 0 sent "done" (after its evaluation)
             if shadow.error is not None:
                 raise shadow.error
@@ -163,7 +175,7 @@ def _train_worker(config: dict) -> None:
 # --------------------------------------------------------------------------- driver side
 
 
-def worker_cfg(cfg: Config, *, gpu: bool, cpus_per_worker: int) -> Config:
+def worker_cfg(cfg, *, gpu: bool, cpus_per_worker: int):
     """The config as each worker runs it: device from `gpu`, torch threads <= its CPUs."""
     tc = cfg.train
     if gpu and tc.device == "cpu":
@@ -196,8 +208,10 @@ def make_trainer(
     """The TorchTrainer of one data-parallel run (used by `fit_ray` and by sweeps)."""
     if workers < 1:
         raise ConfigError(f"workers: must be >= 1, got {workers}")
-    if cfg.sampling.n_classes % workers:
+    if isinstance(cfg, Config) and cfg.sampling.n_classes % workers:
         raise ConfigError(f"sampling.n_classes: {cfg.sampling.n_classes} class groups cannot be split evenly over {workers} workers")
+    if not isinstance(cfg, Config) and cfg.train.batch_size % workers:
+        raise ConfigError(f"train.batch_size: {cfg.train.batch_size} cannot be split evenly over {workers} workers")
     run_dir = Path(run_dir).expanduser().resolve()
     storage = Path(storage_path).expanduser().resolve() if storage_path else run_dir / "ray"
     loop_config = {
@@ -241,6 +255,9 @@ def fit_ray(
     evaluate: bool = True,
 ) -> dict:
     """Train `cfg` on `workers` Ray Train workers; returns rank 0's summary (summary.json).
+
+    `cfg` is an experiment `Config` (the drifting loop) or a `PretrainConfig` (encoder
+    pre-training, `pretrain/loop.py`); both run on the same launcher.
 
     Starts a local Ray (this machine's CPUs) unless Ray is initialised or a cluster is
     reachable through RAY_ADDRESS / a Ray job. `out_dir` is the run directory (rank 0

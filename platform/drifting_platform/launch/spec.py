@@ -18,6 +18,9 @@ A sweep file names a base config and what varies:
     metric: {name: fid, mode: min}
     presets:                      # sweep-level changes per preset name
       smoke: {set: [train.steps=6], max_concurrent: 2}
+    encoders:                     # learned encoders the rows use (pre-trained or reused)
+      mae-w32: {config: encoders/mae_digits32.yaml, preset: local, set: [backbone.widths=[32,64,128]]}
+    rows: [{name: "MAE w32", encoder: mae-w32}]   # sets encoder.name / encoder.source
 
 Every error is a `SweepError` (a `ConfigError`) whose message starts with the key path.
 Grid and rows trials are each built with the base config's loader and validated before
@@ -44,7 +47,7 @@ SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 RANGE_KINDS = ("uniform", "loguniform", "randint")
 TOP_KEYS = (
     "name", "base", "preset", "set", "space", "rows", "search", "num_samples", "scheduler",
-    "resources", "max_concurrent", "metric", "presets",
+    "resources", "max_concurrent", "metric", "presets", "encoders",
 )
 PRESET_KEYS = tuple(k for k in TOP_KEYS if k not in ("name", "base", "presets"))
 
@@ -80,6 +83,9 @@ class SweepSpec:
     max_concurrent: Optional[int]
     metric: dict  # name, mode
     trials: tuple[Trial, ...] = field(default=())  # grid / rows: the full plan
+    # `encoders:` key -> the validated PretrainConfig of an encoder some row uses; the
+    # sweep pre-trains (or reuses) them before any trial and pins each row's source
+    encoders: dict = field(default_factory=dict)
 
     def trial_config(self, params: dict) -> C.Config:
         """The validated config of a trial with `params` (parameter path -> value)."""
@@ -178,7 +184,7 @@ def _space(raw: Any, file: Path) -> dict:
     return out
 
 
-def _rows(raw: Any, file: Path) -> tuple[dict, ...]:
+def _rows(raw: Any, file: Path, encoders: Optional[dict] = None) -> tuple[dict, ...]:
     if not isinstance(raw, list) or not raw:
         raise _err("rows", "expected a non-empty list of {name, set}", file)
     out, names = [], set()
@@ -186,9 +192,9 @@ def _rows(raw: Any, file: Path) -> tuple[dict, ...]:
         where = f"rows[{i}]"
         if not isinstance(row, dict):
             raise _err(where, "expected a mapping {name: ..., set: {path: value}}", file)
-        unknown = sorted(set(row) - {"name", "set"})
+        unknown = sorted(set(row) - {"name", "set", "encoder"})
         if unknown:
-            raise _err(f"{where}.{unknown[0]}", "unknown key (valid keys here: name, set)", file)
+            raise _err(f"{where}.{unknown[0]}", "unknown key (valid keys here: name, set, encoder)", file)
         name = row.get("name")
         if not isinstance(name, str) or not name.strip():
             raise _err(f"{where}.name", "every row needs a non-empty name", file)
@@ -200,8 +206,62 @@ def _rows(raw: Any, file: Path) -> tuple[dict, ...]:
             raise _err(f"{where}.set", "expected a mapping of parameter path -> value", file)
         for path in sets:
             _check_path(path, f"{where}.set.{path}", file)
-        out.append({"name": name, "set": dict(sets)})
+        sets = dict(sets)
+        if "encoder" in row:
+            key = row["encoder"]
+            if not isinstance(key, str) or key not in (encoders or {}):
+                raise _err(f"{where}.encoder", f"{key!r} is not a key of the sweep's `encoders:` section (have: {', '.join(encoders or {}) or 'none'})", file)
+            clash = sorted(p for p in sets if p.startswith("encoder."))
+            if clash:
+                raise _err(f"{where}.set.{clash[0]}", "a row with `encoder:` gets its encoder from the encoders section", file)
+            enc = encoders[key]
+            # validated with the registry's newest version; pinned to a concrete one at run time
+            sets.update({"encoder.name": enc.objective.name, "encoder.kwargs": {}, "encoder.source": f"models:/{enc.registered_name}/latest"})
+        out.append({"name": name, "set": sets, **({"encoder": row["encoder"]} if "encoder" in row else {})})
     return tuple(out)
+
+
+def _encoders(raw: Any, file: Path, sweep_preset: Optional[str] = None) -> dict:
+    """`encoders: {key: {config: PATH, preset: NAME, set: [...]}}` -> {key: PretrainConfig}.
+
+    Without `preset`, an encoder config uses the sweep's preset when it has one of that name
+    (`sweep encoder.yaml --preset smoke` pre-trains smoke encoders)."""
+    from ..pretrain.config import load_pretrain_config
+
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise _err("encoders", "expected a mapping of key -> {config, preset, set}", file)
+    out, names = {}, {}
+    for key, body in raw.items():
+        where = f"encoders.{key}"
+        if isinstance(body, str):
+            body = {"config": body}
+        if not isinstance(body, dict):
+            raise _err(where, "expected {config: PATH, preset: NAME, set: [...]}", file)
+        unknown = sorted(set(body) - {"config", "preset", "set"})
+        if unknown:
+            raise _err(f"{where}.{unknown[0]}", "unknown key (valid keys here: config, preset, set)", file)
+        if not isinstance(body.get("config"), str):
+            raise _err(f"{where}.config", "a pre-training config path (relative to the sweep file) is required", file)
+        cpath = (file.parent / body["config"]).resolve()
+        if not cpath.is_file():
+            raise _err(f"{where}.config", f"config file not found: {cpath}", file)
+        preset = body.get("preset")
+        if preset is None and sweep_preset and sweep_preset in C.preset_names(cpath):
+            preset = sweep_preset
+        if preset is not None and not isinstance(preset, str):
+            raise _err(f"{where}.preset", f"expected a preset name, got {preset!r}", file)
+        sets = _override_list(body.get("set"), f"{where}.set", file)
+        try:
+            cfg = load_pretrain_config(cpath, preset, sets)
+        except ConfigError as exc:
+            raise _err(where, f"{exc} (pre-training config {cpath})", file) from None
+        if cfg.registered_name in names:
+            raise _err(f"{where}", f"registers {cfg.registered_name!r} like encoders.{names[cfg.registered_name]}: give each its own name", file)
+        names[cfg.registered_name] = key
+        out[key] = cfg
+    return out
 
 
 def _mapping(raw: Any, where: str, keys: dict, file: Path) -> dict:
@@ -333,7 +393,8 @@ def load_sweep(path: str | Path, *, preset: Optional[str] = None, overrides: tup
     if has_space == has_rows:
         raise _err("space" if has_space else "rows", "give exactly one of `space` (a parameter space) or `rows` (named variants)", file)
     space = _space(raw["space"], file) if has_space else None
-    rows = _rows(raw["rows"], file) if has_rows else None
+    encoders = _encoders(raw.get("encoders"), file, preset)
+    rows = _rows(raw["rows"], file, encoders) if has_rows else None
     swept = set(space or {}) | {p for r in rows or () for p in r["set"]}
     for item in overrides:
         key = item.split("=", 1)[0].strip()
@@ -359,6 +420,7 @@ def load_sweep(path: str | Path, *, preset: Optional[str] = None, overrides: tup
         path=file.resolve(), name=name, base=base, preset=base_preset, set=sets, overrides=overrides,
         space=space, rows=rows, search=search, num_samples=num_samples, scheduler=scheduler,
         resources=resources, max_concurrent=max_concurrent, metric=metric,
+        encoders={k: v for k, v in encoders.items() if any(r.get("encoder") == k for r in rows or ())},
     )
     # the base config itself (all its presets are checked by load_config)
     try:

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,6 +210,12 @@ def _make_callback_class():
             except C.ConfigError:
                 flat = dict(params)
             tags = {"drifting.row": label, "drifting.trial_dir": str(trial_dir), "drifting.trial_id": trial.trial_id}
+            src = params.get("encoder.source")
+            if src:  # which registered encoder version this trial drifts in (pinned by run_sweep)
+                tags["drifting.encoder_source"] = src
+                m = re.match(r"^models:/([^/@]+)/(\d+)$", str(src))
+                if m:
+                    tags.update({"drifting.encoder_model": m.group(1), "drifting.encoder_version": m.group(2)})
             run_id = self._safe("start_trial", self.tracker.start_trial, self.parent_id, label, flat, tags)
             if run_id is not None:
                 self.runs[trial.trial_id] = run_id
@@ -309,6 +316,65 @@ def _plan_resources(spec: SweepSpec, cluster: dict) -> tuple[dict, Optional[int]
     return res, cap
 
 
+def _ensure_one(cfg, progress: bool, env: dict) -> dict:
+    # the driver's store and home: a Ray worker need not share the driver's environment
+    os.environ.update(env)
+    from .pretrain import ensure_encoder
+
+    return ensure_encoder(cfg, progress=progress)
+
+
+def prepare_encoders(spec: SweepSpec, *, cpus: float = 1.0, concurrency: int = 1) -> tuple[SweepSpec, dict]:
+    """Pre-train (or reuse) every encoder the sweep's rows use, then pin each row's
+    `encoder.source` to the concrete registered version (`models:/NAME/N`).
+
+    Encoders with a registered version of the same config hash are reused; the others are
+    pre-trained as Ray tasks of `cpus` CPUs each, `concurrency` at a time, each tracked in
+    MLflow experiment "encoders". Returns (pinned spec, {key: ensure_encoder's dict}).
+    """
+    import dataclasses
+
+    import ray
+
+    from ..tracking import drifting_home, find_encoder_version, tracking_uri
+
+    infos: dict = {}
+    todo = []
+    for key, cfg in spec.encoders.items():
+        from ..pretrain.config import config_hash
+
+        v = find_encoder_version(cfg.registered_name, config_hash(cfg))
+        if v is not None:
+            infos[key] = {"name": cfg.registered_name, "version": v, "uri": f"models:/{cfg.registered_name}/{v}", "reused": True}
+            print(f"encoder {key}: reusing {infos[key]['uri']} (same config hash)")
+        else:
+            todo.append(key)
+    if todo:
+        print(f"pre-training {len(todo)} encoder(s): {', '.join(todo)}")
+        task = ray.remote(num_cpus=cpus)(_ensure_one)
+        pending = {}
+        keys = list(todo)
+        while keys or pending:
+            while keys and len(pending) < max(1, concurrency):
+                k = keys.pop(0)
+                env = {"MLFLOW_TRACKING_URI": tracking_uri(), "DRIFTING_HOME": str(drifting_home())}
+                pending[task.remote(spec.encoders[k], False, env)] = k
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                k = pending.pop(ref)
+                infos[k] = ray.get(ref)
+                s = infos[k].get("summary") or {}
+                print(f"encoder {k}: registered {infos[k]['uri']} in {infos[k].get('seconds', 0):.0f} s (probe accuracy {s.get('probe_accuracy', float('nan')):.3f})")
+    trials = []
+    for t in spec.trials:
+        row = spec.rows[t.index] if spec.rows else None
+        if row is not None and row.get("encoder") in infos:
+            params = {**t.params, "encoder.source": infos[row["encoder"]]["uri"]}
+            t = dataclasses.replace(t, params=params)
+        trials.append(t)
+    return dataclasses.replace(spec, trials=tuple(trials)), infos
+
+
 def run_sweep(
     path: str | Path,
     *,
@@ -334,6 +400,9 @@ def run_sweep(
     try:
         trial_res, cap = _plan_resources(spec, cluster)
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        pinned: dict = {}
+        if spec.encoders:
+            spec, pinned = prepare_encoders(spec, cpus=float(spec.resources["cpus_per_trial"]), concurrency=cap)
         if tracker is None:
             tracker = _tracker_default()
         choices: dict = {}
@@ -368,6 +437,8 @@ def run_sweep(
                 parent_params["rows"] = " | ".join(r["name"] for r in spec.rows)
             if spec.space:
                 parent_params["space"] = json.dumps(spec.space)
+            for key, info in pinned.items():
+                parent_params[f"encoder.{key}"] = info["uri"]
             parent_id = tracker.start_sweep(spec.name, parent_params, {"drifting.sweep": sweep_name, "drifting.sweep_dir": str(sweep_dir), "drifting.preset": preset_label})
             callbacks.append(TrackingCallback(tracker, parent_id, ctx))
 

@@ -81,9 +81,16 @@ def build_components(cfg: Config, device: torch.device | str = "cpu"):
 
     dataset = build_data(cfg)
     try:
-        encoder = build_encoder(cfg.encoder.name, tuple(dataset.shape), **cfg.encoder.kwargs)
+        kwargs = dict(cfg.encoder.kwargs)
+        if cfg.encoder.source:
+            kwargs["source"] = cfg.encoder.source
+        encoder = build_encoder(cfg.encoder.name, tuple(dataset.shape), **kwargs)
     except TypeError as exc:
         raise config_lib.ConfigError(f"encoder.kwargs: {exc}") from None
+    except (ValueError, FileNotFoundError) as exc:
+        if cfg.encoder.source:  # a source that does not fit this data or does not exist
+            raise config_lib.ConfigError(f"encoder.source: {exc}") from None
+        raise
     return dataset, encoder.to(device), build_model(cfg, dataset).to(device)
 
 
@@ -329,6 +336,8 @@ def training_loop(
     train_seconds = time.time() - t0
 
     summary: dict = {"steps": tc.steps, "seconds": round(train_seconds, 2)}
+    if hasattr(encoder, "provenance"):  # learned encoders: which registered version was used
+        summary["encoder"] = encoder.provenance()
     if main and evaluate:
         from .evaluate import evaluate_run
 
