@@ -241,3 +241,46 @@ def test_encoder_sweep_pretrains_then_pins_versions(tmp_path):
         assert len(client.search_runs([pre.experiment_id])) == 2
     finally:
         ray.shutdown()
+
+
+def _mnist_root_from_digits(root: Path) -> Path:
+    """A torchvision MNIST root (raw idx files) holding scikit-learn's real digits at 28x28."""
+    import struct
+
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy(d.images[:400]).float().unsqueeze(1) / 16.0
+    x = torch.nn.functional.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False)
+    images = (x.clamp(0, 1) * 255).round().to(torch.uint8).squeeze(1).numpy()
+    labels = d.target[:400].astype(np.uint8)
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for split in ("train", "t10k"):
+        for kind, arr in (("images-idx3", images), ("labels-idx1", labels)):
+            with open(raw / f"{split}-{kind}-ubyte", "wb") as f:
+                f.write(struct.pack(">I", 0x0800 | arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes())
+    return root
+
+
+def test_mnist_pipeline_from_a_local_torchvision_root(tmp_path, monkeypatch):
+    """experiments/configs/mnist.yaml end to end on a local torchvision root: pre-train an
+    MAE on the set's own pixels, register it, drift in its features (no download anywhere)."""
+    from drifting_platform.launch.pretrain import run_pretrain
+    from drifting_platform.train import training_loop
+
+    root = _mnist_root_from_digits(tmp_path / "tv")
+    monkeypatch.setenv("DRIFTING_TORCHVISION_ROOT", str(root))
+    pcfg = _cfg("mae_digits32", "name=mae-mnist32-w16", "data.name=mnist", "data.root=${DRIFTING_TORCHVISION_ROOT}", "backbone.widths=[16,32,64]")
+    reg = run_pretrain(pcfg, tmp_path / "enc", progress=False)["registered"]
+    assert reg["uri"] == "models:/mae-mnist32-w16/1"
+    cfg = load_config(REPO / "experiments" / "configs" / "mnist.yaml", "smoke", [
+        "encoder.name=mae", "encoder.kwargs={}", f"encoder.source={reg['uri']}", "eval.num_samples=60",
+    ])
+    summary = training_loop(cfg, tmp_path / "run", progress=False)
+    assert summary["fid"] > 0 and summary["encoder"]["pinned"] == reg["uri"]
+    assert (tmp_path / "run" / "samples.png").is_file()
+    monkeypatch.delenv("DRIFTING_TORCHVISION_ROOT")
+    with pytest.raises(ConfigError, match="DRIFTING_TORCHVISION_ROOT"):
+        training_loop(cfg, tmp_path / "run2", progress=False)

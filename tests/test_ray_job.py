@@ -68,6 +68,14 @@ def test_ray_job_submit_round_trip(tmp_path):
             break
         assert out.returncode == 0, f"{out.stdout[-6000:]}\n{out.stderr[-3000:]}"
         assert "V+ only" in out.stdout and "177.14" in out.stdout  # the table, paper values beside
+        # the encoder ablation too: its encoders are pre-trained as tasks on the same cluster
+        out = ray_cmd(
+            "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(REPO),
+            "--", "python", "experiments/ablate_encoder.py", "--preset", "smoke",
+            env=env, timeout=600, check=False,
+        )
+        assert out.returncode == 0, f"{out.stdout[-6000:]}\n{out.stderr[-3000:]}"
+        assert "MoCo-v2" in out.stdout and "3.36" in out.stdout
     finally:
         ray_cmd("stop", "--force", env=env, check=False)
 
@@ -83,3 +91,11 @@ def test_ray_job_submit_round_trip(tmp_path):
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children)
     assert all(r.info.status == "FINISHED" and "fid" in r.data.metrics for r in children)
     assert not str(store).startswith(str(REPO))  # the store is outside the job's temporary copy
+
+    enc = client.get_experiment_by_name("encoder")
+    runs = client.search_runs([enc.experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(runs) == 10 and len(children) == 9
+    learned = [r for r in children if "drifting.encoder_version" in r.data.tags]
+    assert len(learned) == 7 and all(r.info.status == "FINISHED" for r in children)
+    assert {r.data.tags["drifting.encoder_model"] for r in learned} == {m.name for m in client.search_registered_models()}

@@ -40,7 +40,10 @@ def evaluate_run(cfg: Config, dataset, generator: torch.nn.Module, out: Path, *,
     elif dataset.kind == "image":
         from ..eval.fidelity import image_metrics
 
-        m = image_metrics(torch.from_numpy(samples), torch.from_numpy(reference), extractor=e.extractor, inception_weights=e.inception_weights)
+        from ..config import expand_path
+
+        weights = expand_path(e.inception_weights, "eval.inception_weights") if e.extractor == "inception" else None
+        m = image_metrics(torch.from_numpy(samples), torch.from_numpy(reference), extractor=e.extractor, inception_weights=weights)
         metrics.update({k: float(v) for k, v in m.items()})
         if cfg.data.name == "digits":
             # an independent check: an sklearn classifier that shares nothing with the FID
