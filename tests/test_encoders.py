@@ -177,3 +177,11 @@ def test_bf16_autocast_gives_float32_statistics():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         f = enc(torch.randn(2, 1, 8, 8))
     assert f["s1.std"].dtype == torch.float32 and torch.isfinite(f["s1.std"]).all()
+
+
+def test_random_cnn_first_stride_halves_the_first_stage():
+    enc = build_encoder("random_cnn", (1, 32, 32), widths=(8, 16), first_stride=2)
+    shapes = enc.feature_shapes()
+    assert shapes["s1.loc"] == (16 * 16, 8) and shapes["s2.loc"] == (8 * 8, 16) and shapes["flat"] == (1, 1024)
+    with pytest.raises(ValueError, match="first_stride"):
+        build_encoder("random_cnn", (1, 32, 32), first_stride=3)

@@ -112,8 +112,9 @@ def test_pretrain_register_and_load_by_name(tmp_path):
     assert enc.provenance()["pinned"] == "models:/mae-digits32-w32/1"
     shapes = enc.feature_shapes()
     assert shapes["flat"] == (1, 1024)
-    assert shapes["s1.loc"] == (32 * 32, 32) and shapes["s2.loc"] == (16 * 16, 64) and shapes["s3.loc"] == (8 * 8, 128)
-    assert shapes["s3.mean"] == (1, 128) and shapes["s3.p2_std"] == (16, 128) and shapes["s3.p4_mean"] == (4, 128)
+    # stem stride 2 (the 32x32 configs): stages at 16x16, 8x8, 4x4
+    assert shapes["s1.loc"] == (16 * 16, 32) and shapes["s2.loc"] == (8 * 8, 64) and shapes["s3.loc"] == (4 * 4, 128)
+    assert shapes["s1.p4_mean"] == (16, 32) and shapes["s3.mean"] == (1, 128) and shapes["s3.p2_std"] == (4, 128) and shapes["s3.p4_mean"] == (1, 128)
     # the loaded weights are the trained ones
     w = torch.load(tmp_path / "run" / "encoder" / "weights.pt", weights_only=True)
     for k, v in enc.backbone.state_dict().items():

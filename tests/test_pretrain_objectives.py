@@ -84,7 +84,7 @@ def test_backbone_groupnorm_and_spec_round_trip():
     assert {m.num_groups for m in norms if m.num_channels == 12} == {6}  # largest divisor <= 8
     assert sum(isinstance(m, nn.Conv2d) and m.stride == (2, 2) for m in net.modules()) == 4  # 2 stages x (conv + skip)
     spec = json.loads(json.dumps(net.spec))
-    assert spec == {"in_channels": 3, "widths": [12, 24, 40], "blocks": 2}
+    assert spec == {"in_channels": 3, "widths": [12, 24, 40], "blocks": 2, "stem_stride": 1}
     rebuilt = ResNetBackbone(**spec)
     rebuilt.load_state_dict(net.state_dict())
     x = torch.randn(2, 3, 16, 16)
@@ -337,3 +337,14 @@ def test_build_objective_names():
     assert build_objective("mae", 4, widths=(8,)).encoder().spec["in_channels"] == 5
     with pytest.raises(ValueError, match="unknown"):
         build_objective("byol", 1)
+
+
+def test_stem_stride_two_halves_every_stage():
+    from drifting_platform.pretrain.backbone import ResNetBackbone
+
+    net = ResNetBackbone(2, widths=(8, 16), stem_stride=2)
+    maps = net(torch.zeros(3, 2, 32, 32))
+    assert [tuple(m.shape) for m in maps] == [(3, 8, 16, 16), (3, 16, 8, 8)]
+    assert ResNetBackbone(**net.spec).spec == net.spec
+    with pytest.raises(ValueError, match="stem_stride"):
+        ResNetBackbone(1, stem_stride=3)
