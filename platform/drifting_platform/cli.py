@@ -53,19 +53,22 @@ def main() -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config value; repeatable.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Ray Train DDP workers; 0 trains in this process without Ray.")
 @click.option("--gpu", is_flag=True, help="One GPU per Ray Train worker (NCCL); needs --workers.")
+@click.option("--storage-path", default=None, metavar="DIR|s3://BUCKET/PREFIX", help="Where Ray Train keeps checkpoints and results (default OUT/ray); needs --workers. s3:// uses AWS_ENDPOINT_URL and the AWS credential chain.")
 @click.option("--no-resume", is_flag=True, help="Start afresh even if --out holds a checkpoint.")
 @click.option("--no-eval", is_flag=True, help="Skip the final metrics and samples.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(config: str, out: str, preset: str | None, overrides: tuple[str, ...], workers: int, gpu: bool, no_resume: bool, no_eval: bool, quiet: bool) -> None:
+def train(config: str, out: str, preset: str | None, overrides: tuple[str, ...], workers: int, gpu: bool, storage_path: str | None, no_resume: bool, no_eval: bool, quiet: bool) -> None:
     """Train one generator and write OUT/summary.json (in this process, or on Ray Train workers)."""
     cfg = _load(config, preset, overrides)
     if gpu and workers < 1:
         raise click.BadParameter("--gpu needs --workers N (N >= 1)", param_hint="--gpu")
+    if storage_path and workers < 1:
+        raise click.BadParameter("--storage-path is Ray Train's storage; it needs --workers N (N >= 1)", param_hint="--storage-path")
     try:
         if workers:
             from .launch.ray_train import fit_ray
 
-            summary = fit_ray(cfg, out, workers=workers, gpu=gpu, resume=not no_resume, evaluate=not no_eval, progress=not quiet)
+            summary = fit_ray(cfg, out, workers=workers, gpu=gpu, storage_path=storage_path, resume=not no_resume, evaluate=not no_eval, progress=not quiet)
         else:
             from .train.loop import training_loop
 

@@ -11,6 +11,9 @@ The store
     ``~/.drifting_platform``. Experiments this module creates in any ``sqlite:///`` store get
     their artifact location next to the database (``<db dir>/mlartifacts/<experiment>``), never
     MLflow's cwd-relative ``./mlruns``; other stores (an MLflow server) choose for themselves.
+    ``$DRIFTING_ARTIFACT_ROOT`` overrides this for any store: a local directory, or
+    ``s3://bucket/prefix`` for S3-compatible object storage (endpoint and credentials from the
+    AWS environment, see ``drifting_platform.storage``; the database stays where it is).
 
 Runs
     ``SweepTracker`` writes through ``MlflowClient`` only (no ``mlflow.start_run`` global
@@ -104,11 +107,21 @@ def _sqlite_path(uri: str) -> Optional[Path]:
     return Path(rest if rest.startswith("/") else rest).expanduser().resolve()
 
 
-def default_artifact_root(uri: Optional[str] = None) -> Optional[Path]:
+def default_artifact_root(uri: Optional[str] = None) -> Optional[Union[Path, str]]:
     """Where artifacts of experiments this module creates in store ``uri`` go.
 
-    ``<drifting_home>/mlartifacts`` for the default store, ``<db dir>/mlartifacts`` for any other
-    ``sqlite:///`` store, None (the server decides) otherwise."""
+    ``$DRIFTING_ARTIFACT_ROOT`` when set (a URI such as ``s3://bucket/prefix`` is returned as
+    a str, a local directory as an absolute Path); else ``<drifting_home>/mlartifacts`` for the
+    default store, ``<db dir>/mlartifacts`` for any other ``sqlite:///`` store, None (the server
+    decides) otherwise."""
+    env_root = (os.environ.get("DRIFTING_ARTIFACT_ROOT") or "").strip()
+    if env_root:
+        if "://" in env_root:
+            from .storage import check_no_credentials
+
+            check_no_credentials(env_root, "DRIFTING_ARTIFACT_ROOT")
+            return env_root.rstrip("/")
+        return Path(env_root).expanduser().resolve()
     uri = uri or tracking_uri()
     if uri == default_tracking_uri():
         return drifting_home() / "mlartifacts"
@@ -118,6 +131,13 @@ def default_artifact_root(uri: Optional[str] = None) -> Optional[Path]:
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]+", "_", name).strip("._") or "experiment"
+
+
+def _root_uri(root: Union[Path, str], *parts: str) -> str:
+    """A ``default_artifact_root`` (Path or URI) joined with ``parts``, as a URI."""
+    if isinstance(root, Path):
+        return root.joinpath(*parts).as_uri()
+    return "/".join([root.rstrip("/"), *parts])
 
 
 # --------------------------------------------------------------------------- helpers
@@ -250,6 +270,9 @@ class SweepTracker:
         if self._client is None:
             from mlflow import MlflowClient
 
+            from .storage import configure_mlflow_env
+
+            configure_mlflow_env()  # s3:// artifacts: MLFLOW_S3_ENDPOINT_URL from AWS_ENDPOINT_URL
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 
@@ -265,7 +288,7 @@ class SweepTracker:
             if not create:
                 return None
             root = default_artifact_root(self.uri)
-            location = (root / _slug(name)).as_uri() if root is not None else None
+            location = _root_uri(root, _slug(name)) if root is not None else None
             try:
                 exp_id = with_retry(self.client.create_experiment, name, artifact_location=location)
             except Exception:  # noqa: BLE001 - created concurrently by another process?
@@ -554,7 +577,7 @@ def ui_command(*, port: int = 5000, host: str = "127.0.0.1", uri: Optional[str] 
     ]
     root = default_artifact_root(uri)
     if root is not None:
-        cmd += ["--default-artifact-root", root.as_uri()]
+        cmd += ["--default-artifact-root", _root_uri(root)]
     return cmd
 
 
@@ -597,7 +620,7 @@ def serve_ui(
     which browsing runs does not need; it halves the start-up time."""
     uri = uri or tracking_uri()
     root = default_artifact_root(uri)
-    if root is not None:
+    if isinstance(root, Path):
         root.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     if not jobs:

@@ -12,7 +12,10 @@ Layout of one shard file (pyarrow):
   mapped linearly to model space on reading).
 
 Reading takes an optional pyarrow filesystem (e.g. `pyarrow.fs.S3FileSystem`), handed to
-pyarrow.parquet, so remote storage plugs in without changing this module.
+pyarrow.parquet, so remote storage plugs in without changing this module. `s3://bucket/...`
+paths (directory, glob or file) need none: they are read, and `write_shards` writes them,
+through `drifting_platform.storage.s3_filesystem()` (endpoint, region and credentials from
+the standard AWS environment). Errors name the `s3://` path.
 """
 
 from __future__ import annotations
@@ -27,12 +30,14 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
+from .. import storage
 from .base import KINDS, Dataset, as_shape, check_positive_int
 
 FORMAT = "drifting_platform.shards/1"
 DEFAULT_SHARD_SIZE = 4096
 _SUFFIX = ".parquet"
 _MAGIC = ("*", "?", "[")
+_SHARD_GLOB = "{prefix}-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9]" + _SUFFIX
 
 PathLike = Union[str, os.PathLike]
 
@@ -52,7 +57,9 @@ def write_shards(dataset: Dataset, out_dir: PathLike, *, shard_size: int = DEFAU
 
     Earlier shards with the same prefix in `out_dir` are replaced (a re-export never mixes
     with a stale one). Each file is written to a temporary name and renamed, so a reader
-    never sees half a shard. Returns the paths written, in order.
+    never sees half a shard. `out_dir` may be `s3://bucket/prefix` (an object appears
+    whole when its upload completes, so no temporary name is needed there). Returns the
+    paths written, in order (`s3://...` for S3).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -63,10 +70,24 @@ def write_shards(dataset: Dataset, out_dir: PathLike, *, shard_size: int = DEFAU
     n = len(dataset)
     if n == 0:
         raise ValueError(f"data set {dataset.name!r} is empty: nothing to write")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(f"{prefix}-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9]{_SUFFIX}"):
-        stale.unlink()
+    s3 = storage.is_s3(out_dir)
+    if s3:
+        from pyarrow import fs as pafs
+
+        s3fs, base = storage.filesystem_and_path(out_dir)
+        stale_glob = _SHARD_GLOB.format(prefix=prefix)
+        try:
+            infos = s3fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+            for info in infos:
+                if info.type == pafs.FileType.File and fnmatch.fnmatch(info.base_name, stale_glob):
+                    s3fs.delete_file(info.path)
+        except OSError as exc:
+            raise OSError(f"{storage.s3_uri(base)}: cannot list or clean the S3 prefix: {exc}") from None
+    else:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(_SHARD_GLOB.format(prefix=prefix)):
+            stale.unlink()
 
     d = int(np.prod(dataset.shape))
     flat = dataset.x.detach().to("cpu", torch.float32).reshape(n, d).numpy()  # [N, D]
@@ -78,7 +99,16 @@ def write_shards(dataset: Dataset, out_dir: PathLike, *, shard_size: int = DEFAU
         lo, hi = i * shard_size, min(n, (i + 1) * shard_size)
         xs = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(flat[lo:hi]).reshape(-1), type=pa.float32()), d)
         table = pa.table({"x": xs, "label": pa.array(labels[lo:hi], type=pa.int64())}).replace_schema_metadata(meta)
-        path = out / f"{prefix}-{i:05d}-of-{k:05d}{_SUFFIX}"
+        fname = f"{prefix}-{i:05d}-of-{k:05d}{_SUFFIX}"
+        if s3:
+            key = f"{base}/{fname}"
+            try:
+                pq.write_table(table, key, filesystem=s3fs, compression="zstd")
+            except OSError as exc:
+                raise OSError(f"{storage.s3_uri(key)}: cannot write the shard to S3: {exc}") from None
+            paths.append(storage.s3_uri(key))
+            continue
+        path = out / fname
         tmp = path.with_name(f".{path.name}.tmp")
         pq.write_table(table, tmp, compression="zstd")
         os.replace(tmp, path)
@@ -100,7 +130,21 @@ def _has_magic(s: str) -> bool:
     return any(c in s for c in _MAGIC)
 
 
-def _resolve_one(p: str, filesystem) -> list[str]:
+def _on_fs(p: str, filesystem, cache: dict):
+    """`(filesystem, path on it, prefix)`: an `s3://` path is `bucket/key` on an S3 filesystem
+    (`filesystem` when given, else one `storage.s3_filesystem()` kept in `cache`); `prefix`
+    (`"s3://"` or `""`) turns a path on the filesystem back into the form users see."""
+    if storage.is_s3(p):
+        if filesystem is None:
+            if "s3" not in cache:
+                cache["s3"] = storage.s3_filesystem()
+            filesystem = cache["s3"]
+        return filesystem, storage.s3_path(p), storage.SCHEME
+    return filesystem, p, ""
+
+
+def _resolve_one(p: str, filesystem, shown: str = "") -> list[str]:
+    """The files `p` names; `shown` (e.g. "s3://") is put before paths in errors and results."""
     if filesystem is None:
         if _has_magic(p):
             files = sorted(f for f in glob.glob(p, recursive=True) if os.path.isfile(f))
@@ -118,35 +162,46 @@ def _resolve_one(p: str, filesystem) -> list[str]:
 
     from pyarrow import fs as pafs
 
-    if _has_magic(p):
-        parent, _, pattern = p.rpartition("/")
-        if _has_magic(parent):
-            raise ValueError(f"{p!r}: with a pyarrow filesystem only the last path component may hold a wildcard")
-        infos = filesystem.get_file_info(pafs.FileSelector(parent, allow_not_found=True))
-        files = sorted(i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.base_name, pattern))
-        if not files:
-            raise FileNotFoundError(f"no Parquet shards match {p!r}")
-        return files
-    info = filesystem.get_file_info(p)
-    if info.type == pafs.FileType.Directory:
-        infos = filesystem.get_file_info(pafs.FileSelector(p))
-        files = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(_SUFFIX))
-        if not files:
-            raise FileNotFoundError(f"no {_SUFFIX} shards in directory {p!r}")
-        return files
-    if info.type == pafs.FileType.File:
-        return [p]
-    raise FileNotFoundError(f"shard path {p!r}: no such file or directory")
+    where = shown + p
+    try:
+        if _has_magic(p):
+            parent, _, pattern = p.rpartition("/")
+            if _has_magic(parent):
+                raise ValueError(f"{where!r}: with a pyarrow filesystem only the last path component may hold a wildcard")
+            infos = filesystem.get_file_info(pafs.FileSelector(parent, allow_not_found=True))
+            files = sorted(i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.base_name, pattern))
+            if not files:
+                raise FileNotFoundError(f"no Parquet shards match {where!r}")
+            return [shown + f for f in files]
+        info = filesystem.get_file_info(p)
+        if info.type == pafs.FileType.Directory:
+            infos = filesystem.get_file_info(pafs.FileSelector(p))
+            files = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(_SUFFIX))
+            if not files:
+                raise FileNotFoundError(f"no {_SUFFIX} shards in directory {where!r}")
+            return [shown + f for f in files]
+        if info.type == pafs.FileType.File:
+            return [where]
+    except (FileNotFoundError, ValueError):
+        raise
+    except OSError as exc:  # e.g. no such bucket, access denied, endpoint unreachable
+        raise OSError(f"shard path {where!r}: cannot list it: {exc}") from None
+    raise FileNotFoundError(f"shard path {where!r}: no such file or directory")
 
 
-def resolve_shard_paths(path: Union[PathLike, Sequence[PathLike]], *, filesystem=None) -> list[str]:
-    """The shard files `path` names: a directory (its *.parquet), a glob, a file, or a list of those."""
+def resolve_shard_paths(path: Union[PathLike, Sequence[PathLike]], *, filesystem=None, _cache: Optional[dict] = None) -> list[str]:
+    """The shard files `path` names: a directory (its *.parquet), a glob, a file, or a list of those.
+
+    `s3://` items resolve to `s3://bucket/key` files (listed through `filesystem`, else
+    `storage.s3_filesystem()`)."""
     items = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     if not items:
         raise FileNotFoundError("no shard paths given")
+    cache = {} if _cache is None else _cache
     files: list[str] = []
     for item in items:
-        for f in _resolve_one(os.fspath(item), filesystem):
+        fs, p, shown = _on_fs(os.fspath(item), filesystem, cache)
+        for f in _resolve_one(p, fs, shown):
             if f not in files:
                 files.append(f)
     return files
@@ -215,15 +270,20 @@ def _read_meta(table, where: str) -> dict:
     return meta
 
 
-def _read_one(f: str, filesystem):
+def _read_one(f: str, filesystem, cache: Optional[dict] = None):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    fs, p, shown = _on_fs(f, filesystem, {} if cache is None else cache)
     try:
-        table = pq.read_table(f, filesystem=filesystem)
+        table = pq.read_table(p, filesystem=fs)
     except FileNotFoundError:
         raise FileNotFoundError(f"{f}: shard not found") from None
-    except (pa.ArrowException, OSError, ValueError) as exc:
+    except OSError as exc:
+        if shown and not isinstance(exc, pa.ArrowInvalid):  # S3: network, bucket, access
+            raise OSError(f"{f}: cannot read the shard from S3: {exc}") from None
+        raise ValueError(f"{f}: not a readable Parquet shard (corrupt or truncated?): {exc}") from None
+    except (pa.ArrowException, ValueError) as exc:
         raise ValueError(f"{f}: not a readable Parquet shard (corrupt or truncated?): {exc}") from None
     meta = _read_meta(table, f)
     for c in ("x", "label"):
@@ -247,15 +307,17 @@ def _read_one(f: str, filesystem):
 def read_shards(path: Union[PathLike, Sequence[PathLike]], *, filesystem=None) -> Dataset:
     """All rows of the shards `path` names (directory, glob, file or list), concatenated in file order.
 
-    filesystem: an optional pyarrow filesystem the paths live on (None: local files).
-    A missing path raises FileNotFoundError, a corrupt or inconsistent shard ValueError; both
-    name the file.
+    filesystem: an optional pyarrow filesystem the paths live on (None: local files, and
+    `s3://bucket/...` paths through `storage.s3_filesystem()`).
+    A missing path raises FileNotFoundError, a corrupt or inconsistent shard ValueError, an
+    S3 object store that cannot be reached or read OSError; all name the file.
     """
-    files = resolve_shard_paths(path, filesystem=filesystem)
+    cache: dict = {}
+    files = resolve_shard_paths(path, filesystem=filesystem, _cache=cache)
     xs, ys, first = [], [], None
     names = set()
     for f in files:
-        x, y, meta = _read_one(f, filesystem)
+        x, y, meta = _read_one(f, filesystem, cache)
         if first is None:
             first = (f, meta)
         else:

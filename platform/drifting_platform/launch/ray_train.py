@@ -212,8 +212,11 @@ def make_trainer(
         raise ConfigError(f"sampling.n_classes: {cfg.sampling.n_classes} class groups cannot be split evenly over {workers} workers")
     if not isinstance(cfg, Config) and cfg.train.batch_size % workers:
         raise ConfigError(f"train.batch_size: {cfg.train.batch_size} cannot be split evenly over {workers} workers")
+    from .. import storage as storage_lib
+
     run_dir = Path(run_dir).expanduser().resolve()
-    storage = Path(storage_path).expanduser().resolve() if storage_path else run_dir / "ray"
+    # s3://bucket/prefix -> ("bucket/prefix", S3FileSystem for the AWS_ENDPOINT_URL endpoint)
+    storage, storage_fs = storage_lib.ray_storage(storage_path) if storage_path else (str(run_dir / "ray"), None)
     loop_config = {
         "cfg": worker_cfg(cfg, gpu=gpu, cpus_per_worker=cpus_per_worker),
         "run_dir": str(run_dir),
@@ -233,7 +236,8 @@ def make_trainer(
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=name or f"{cfg.name}-{int(time.time())}",
-            storage_path=str(storage),
+            storage_path=storage,
+            storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
@@ -261,8 +265,10 @@ def fit_ray(
 
     Starts a local Ray (this machine's CPUs) unless Ray is initialised or a cluster is
     reachable through RAY_ADDRESS / a Ray job. `out_dir` is the run directory (rank 0
-    writes it; on a multi-node cluster it must be on a shared file system, as must
-    `storage_path`, where Ray keeps reported checkpoints; default `out_dir/ray`). With
+    writes it; on a multi-node cluster it must be on a shared file system). `storage_path`
+    is where Ray keeps reported checkpoints and results: a shared directory or an
+    `s3://bucket/prefix` (endpoint and credentials from the AWS environment, see
+    `drifting_platform.storage`); default `out_dir/ray`. With
     `resume` and an existing `out_dir/checkpoint.pt`, training continues from it.
     """
     from .cluster import ray_init_for_sweep
