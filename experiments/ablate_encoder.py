@@ -37,12 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     from drifting_platform.config import ConfigError
     from drifting_platform.launch.sweep import run_sweep
     from drifting_platform.reports import write_report
-    from drifting_platform.tracking import tracking_uri
+    from drifting_platform.tracking import TrackingUnavailable, tracking_uri
 
     try:
         result = run_sweep(SWEEP, preset=args.preset, overrides=args.overrides, resume=args.resume)
     except ConfigError as exc:
         print(f"bad sweep or config: {exc}", file=sys.stderr)
+        return 2
+    except TrackingUnavailable as exc:
+        print(f"tracking store: {exc}", file=sys.stderr)
         return 2
     report = write_report(result.experiment, args.out)
     print()

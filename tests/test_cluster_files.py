@@ -372,12 +372,6 @@ def test_rayjob_runtime_env_is_valid_and_complete():
     assert wanted <= set(env), f"the {preset} preset needs {sorted(wanted - set(env))} in env_vars"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="experiments/antisymmetry.yaml has no `paper` sweep preset: its resources keep gpu: false while "
-    "digits.yaml's paper preset sets train.device: cuda, so every trial stops with a ConfigError "
-    "(worker_cfg). Remove this marker once the sweep file asks for GPUs at the paper preset.",
-)
 def test_rayjob_preset_trials_run_on_the_gpu_workers():
     from drifting_platform.launch.spec import load_sweep
 

@@ -15,6 +15,7 @@ A sweep file names a base config and what varies:
     scheduler: {name: none}       # none | asha (grace_period, reduction_factor)
     resources: {cpus_per_trial: 1, workers: 1, gpu: false}
     max_concurrent: 2
+    max_failures: 2               # restarts of a trial whose process dies (from its checkpoint)
     metric: {name: fid, mode: min}
     presets:                      # sweep-level changes per preset name
       smoke: {set: [train.steps=6], max_concurrent: 2}
@@ -47,7 +48,7 @@ SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 RANGE_KINDS = ("uniform", "loguniform", "randint")
 TOP_KEYS = (
     "name", "base", "preset", "set", "space", "rows", "search", "num_samples", "scheduler",
-    "resources", "max_concurrent", "metric", "presets", "encoders",
+    "resources", "max_concurrent", "max_failures", "metric", "presets", "encoders",
 )
 PRESET_KEYS = tuple(k for k in TOP_KEYS if k not in ("name", "base", "presets"))
 
@@ -82,7 +83,8 @@ class SweepSpec:
     resources: dict  # cpus_per_trial, workers, gpu
     max_concurrent: Optional[int]
     metric: dict  # name, mode
-    trials: tuple[Trial, ...] = field(default=())  # grid / rows: the full plan
+    trials: tuple[Trial, ...] = field(default=())
+    max_failures: int = 2  # Tune restarts of a trial whose process died  # grid / rows: the full plan
     # `encoders:` key -> the validated PretrainConfig of an encoder some row uses; the
     # sweep pre-trains (or reuses) them before any trial and pins each row's source
     encoders: dict = field(default_factory=dict)
@@ -378,6 +380,9 @@ def load_sweep(path: str | Path, *, preset: Optional[str] = None, overrides: tup
     max_concurrent = raw.get("max_concurrent")
     if max_concurrent is not None and (isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int) or max_concurrent < 1):
         raise _err("max_concurrent", f"expected an integer >= 1, got {max_concurrent!r}", file)
+    max_failures = raw.get("max_failures", 2)
+    if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 0:
+        raise _err("max_failures", f"expected an integer >= 0, got {max_failures!r}", file)
     metric = _mapping(raw.get("metric"), "metric", {"name": ((str,), "fid"), "mode": ((str,), "min")}, file)
     if metric["mode"] not in ("min", "max"):
         raise _err("metric.mode", f"{metric['mode']!r} is not one of ['min', 'max']", file)
@@ -419,7 +424,7 @@ def load_sweep(path: str | Path, *, preset: Optional[str] = None, overrides: tup
     spec = SweepSpec(
         path=file.resolve(), name=name, base=base, preset=base_preset, set=sets, overrides=overrides,
         space=space, rows=rows, search=search, num_samples=num_samples, scheduler=scheduler,
-        resources=resources, max_concurrent=max_concurrent, metric=metric,
+        resources=resources, max_concurrent=max_concurrent, metric=metric, max_failures=max_failures,
         encoders={k: v for k, v in encoders.items() if any(r.get("encoder") == k for r in rows or ())},
     )
     # the base config itself (all its presets are checked by load_config)

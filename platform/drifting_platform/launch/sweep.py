@@ -106,7 +106,15 @@ class _Context:
         if t is not None:
             return t.label, params, Path(self.sweep_dir) / t.dirname
         label = ", ".join(f"{k}={_short(v)}" for k, v in params.items())
-        return label, params, Path(self.sweep_dir) / f"trial_{trial_id}"
+        # named by the sampled point, not Tune's trial id: a resumed sweep re-runs an
+        # unfinished point under a new trial id and must find its directory (checkpoint)
+        return label, params, Path(self.sweep_dir) / f"trial_{_point_key(config.get('p') or {})}"
+
+
+def _point_key(point: dict) -> str:
+    import hashlib
+
+    return hashlib.sha1(json.dumps(point, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 def _short(v: Any) -> str:
@@ -131,7 +139,14 @@ def _trial_fn(config: dict, ctx: _Context) -> None:
     cfg = worker_cfg(ctx.spec.trial_config(params), gpu=res["gpu"], cpus_per_worker=max(1, int(res["cpus_per_trial"])))
     trial_dir.mkdir(parents=True, exist_ok=True)
     summary_path = trial_dir / "summary.json"
-    if ctx.resume and summary_path.exists():
+    fatal = trial_dir / _FATAL
+    if fatal.exists() and not ctx.resume:
+        # a retry after a deterministic failure (divergence, bad config, bad checkpoint):
+        # fail again at once instead of re-training into the same error
+        raise RuntimeError(json.loads(fatal.read_text())["error"])
+    fatal.unlink(missing_ok=True)
+    (trial_dir / "trial.json").write_text(json.dumps({"label": label, "params": params, "config": config}, default=str) + "\n")
+    if summary_path.exists():
         summary = json.loads(summary_path.read_text())  # finished in an earlier attempt
     elif res["workers"] == 1:
         if res["gpu"]:
@@ -151,7 +166,13 @@ def _trial_fn(config: dict, ctx: _Context) -> None:
                 return
             tune.report({**{k: float(v) for k, v in metrics.items()}, "step": int(step)})
 
-        summary = training_loop(cfg, trial_dir, reporter=reporter, resume=ctx.resume, progress=False)
+        # the trial directory belongs to this trial alone: a checkpoint there is from an
+        # earlier attempt of it (a killed trial process, an interrupted sweep) - continue it
+        try:
+            summary = training_loop(cfg, trial_dir, reporter=reporter, resume=True, progress=False)
+        except _deterministic_errors() as exc:
+            fatal.write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n")
+            raise
     else:
         from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -160,13 +181,62 @@ def _trial_fn(config: dict, ctx: _Context) -> None:
         trainer = make_trainer(
             cfg, trial_dir, workers=res["workers"], gpu=res["gpu"], cpus_per_worker=max(1, int(res["cpus_per_trial"])),
             storage_path=str(trial_dir / "ray"), name=f"train_{trial_id}", callbacks=[TuneReportCallback()],
-            initial_checkpoint=str(trial_dir / "checkpoint.pt") if ctx.resume and (trial_dir / "checkpoint.pt").exists() else None,
+            initial_checkpoint=str(trial_dir / "checkpoint.pt") if (trial_dir / "checkpoint.pt").exists() else None,
         )
         result = trainer.fit()
         if result.error is not None:
             raise result.error
         summary = json.loads(summary_path.read_text())
     tune.report({**_final_metrics(summary), "step": int(cfg.train.steps), "final": 1})
+
+
+_FATAL = "fatal.json"  # a trial's deterministic failure, so that Tune's retry fails fast
+_STOPPED = "stopped.json"  # a trial the scheduler (ASHA) stopped early: done, never resumed
+
+
+def _previous_points(sweep_dir: Path) -> tuple[list[dict], list[dict]]:
+    """Optuna sweeps: (done, unfinished) trial records (trial.json) of an earlier attempt."""
+    done, unfinished = [], []
+    for tj in sorted(Path(sweep_dir).glob("trial_*/trial.json")):
+        rec = json.loads(tj.read_text())
+        rec["dir"] = tj.parent
+        (done if (tj.parent / "summary.json").exists() or (tj.parent / _STOPPED).exists() else unfinished).append(rec)
+    return done, unfinished
+
+
+def _optuna_search(spec: SweepSpec, sweep_dir: Path, study_name: str, resume: bool):
+    """OptunaSearch on a study journaled in the sweep directory; with `resume`, the earlier
+    attempt's study is reloaded (finished points stay told), its interrupted points are
+    re-suggested first (so they continue in their directories) and only the remaining
+    samples are drawn. Returns (searcher, samples still to run, earlier records done)."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from ray.tune.search.optuna import OptunaSearch
+
+    storage = JournalStorage(JournalFileBackend(str(Path(sweep_dir) / "optuna.journal")))
+    done, unfinished = _previous_points(sweep_dir) if resume else ([], [])
+    seed = 0
+    if resume:
+        try:
+            study = optuna.load_study(study_name=study_name, storage=storage)
+            # a fresh sampler with the first attempt's seed would draw its points again
+            seed = len(study.trials)
+            for t in study.trials:
+                if t.state == optuna.trial.TrialState.RUNNING:  # the interrupted attempt's
+                    study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        except KeyError:  # no study yet
+            pass
+    points = [{f"p/{k}": v for k, v in (rec.get("config", {}).get("p") or {}).items()} for rec in unfinished]
+    search = OptunaSearch(seed=seed, storage=storage, study_name=study_name, points_to_evaluate=points or None)
+    return search, max(0, spec.num_samples - len(done)), done
+
+
+def _deterministic_errors() -> tuple:
+    from ..train.checkpoint import CheckpointError
+    from ..train.loop import TrainingDiverged
+
+    return (TrainingDiverged, C.ConfigError, CheckpointError)
 
 
 # --------------------------------------------------------------------------- driver side
@@ -187,10 +257,37 @@ def _make_callback_class():
     class TrackingCallback(Callback):
         """Tune callback: every tracker write happens here, in the driver process."""
 
-        def __init__(self, tracker, parent_id: str, ctx: _Context):
+        def __init__(self, tracker, parent_id: str, ctx: _Context, existing: Optional[dict] = None):
             self.tracker, self.parent_id, self.ctx = tracker, parent_id, ctx
             self.runs: dict[str, str] = {}  # trial_id -> child run id
             self.errors: dict[str, str] = {}
+            # resumed sweeps: trial dir -> (child run id, status) of the interrupted attempt
+            self.existing: dict[str, tuple[str, str]] = dict(existing or {})
+            self.kept: set[str] = set()  # trial ids whose FINISHED run is kept untouched
+            # run id -> metric key -> last step logged: a history never gets a step twice,
+            # whether a worker group restarts from a checkpoint or a sweep resumes
+            self.last: dict[str, dict[str, int]] = {}
+
+        def _log(self, run_id: str, metrics: dict, step: int) -> None:
+            last = self.last.setdefault(run_id, {})
+            todo = {k: v for k, v in metrics.items() if step > last.get(k, -1)}
+            if todo and self._safe("log_metrics", self.tracker.log_metrics, run_id, todo, step) is not None:
+                for k in todo:
+                    last[k] = step
+
+        def _backfill(self, run_id: str, trial_dir: Path) -> None:
+            """Log the steps of the trial's metrics.jsonl that no result carried (Optuna / ASHA
+            trials only report results that hold the sweep metric), in step order."""
+            path = trial_dir / "metrics.jsonl"
+            if not path.exists():
+                return
+            for line in path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                step = int(rec.pop("step", 0))
+                self._log(run_id, {k: v for k, v in rec.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}, step)
 
         def _safe(self, what: str, fn, *args, **kwargs):
             # a tracking hiccup must not stop the sweep
@@ -204,6 +301,16 @@ def _make_callback_class():
             if trial.trial_id in self.runs:
                 return  # a restarted trial keeps its run
             label, params, trial_dir = self.ctx.describe(trial.config, trial.trial_id)
+            prev = self.existing.get(str(trial_dir))
+            if prev is not None:  # --resume: the interrupted sweep's child run continues
+                run_id, status = prev
+                self.runs[trial.trial_id] = run_id
+                if status == "FINISHED" and (trial_dir / "summary.json").exists():
+                    self.kept.add(trial.trial_id)
+                    return
+                self._safe("reopen_run", self.tracker.reopen_run, run_id)
+                self.last[run_id] = self._safe("last_steps", self.tracker.last_steps, run_id) or {}
+                return
             try:
                 cfg = self.ctx.spec.trial_config(params)
                 flat = C.flatten(C.to_dict(cfg))
@@ -222,26 +329,28 @@ def _make_callback_class():
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             run_id = self.runs.get(trial.trial_id)
-            if run_id is None or result.get("final"):
+            if run_id is None or result.get("final") or trial.trial_id in self.kept:
                 return
             metrics = {k: float(v) for k, v in result.items() if k not in _TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
             if metrics:
-                self._safe("log_metrics", self.tracker.log_metrics, run_id, metrics, int(result.get("step", 0)))
+                self._log(run_id, metrics, int(result.get("step", 0)))
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             run_id = self.runs.get(trial.trial_id)
-            if run_id is None:
+            if run_id is None or trial.trial_id in self.kept:
                 return
             label, params, trial_dir = self.ctx.describe(trial.config, trial.trial_id)
             summary_path = trial_dir / "summary.json"
+            self._backfill(run_id, trial_dir)
             if summary_path.exists():
                 summary = json.loads(summary_path.read_text())
-                self._safe("log_metrics", self.tracker.log_metrics, run_id, _final_metrics(summary), int(summary.get("steps", 0)))
+                self._log(run_id, _final_metrics(summary), int(summary.get("steps", 0)))
                 paths = [str(p) for p in (trial_dir / "samples.npz", trial_dir / "samples.png", summary_path) if p.exists()]
                 if paths:
                     self._safe("log_artifacts", self.tracker.log_artifacts, run_id, paths)
                 self._safe("end_run", self.tracker.end_run, run_id, "FINISHED")
-            else:  # stopped early by the scheduler
+            else:  # stopped early by the scheduler: done, and not to be resumed
+                (trial_dir / _STOPPED).write_text(json.dumps({"step": int((trial.last_result or {}).get("step", 0))}) + "\n")
                 self._safe("end_run", self.tracker.end_run, run_id, "KILLED", "stopped early by the scheduler")
 
         def on_trial_error(self, iteration, trials, trial, **info):
@@ -249,14 +358,15 @@ def _make_callback_class():
             self.errors[trial.trial_id] = text
             run_id = self.runs.get(trial.trial_id)
             if run_id is not None:
+                self._backfill(run_id, self.ctx.describe(trial.config, trial.trial_id)[2])
                 self._safe("end_run", self.tracker.end_run, run_id, "FAILED", text)
 
     return TrackingCallback
 
 
-def TrackingCallback(tracker, parent_id: str, ctx: _Context):  # noqa: N802 - a class factory
+def TrackingCallback(tracker, parent_id: str, ctx: _Context, existing: Optional[dict] = None):  # noqa: N802 - a class factory
     """The Tune callback class is built on first use so that importing this module does not import Ray."""
-    return _make_callback_class()(tracker, parent_id, ctx)
+    return _make_callback_class()(tracker, parent_id, ctx, existing)
 
 
 def _trial_error(trial) -> str:
@@ -270,6 +380,16 @@ def _trial_error(trial) -> str:
     if path and Path(path).exists():
         return Path(path).read_text()[-4000:]
     return "trial failed (no error text)"
+
+
+def _tune_name(sweep_dir: Path) -> str:
+    base = Path(sweep_dir) / "_tune"
+    if not (base / "tune").exists():
+        return "tune"
+    i = 2
+    while (base / f"tune-{i}").exists():
+        i += 1
+    return f"tune-{i}"
 
 
 def _sweep_dir(spec: SweepSpec, out_root: Optional[str | Path], resume: bool, preset_label: str) -> tuple[str, Path]:
@@ -388,7 +508,13 @@ def run_sweep(
     """Validate the sweep file, then run it on Ray Tune; returns every trial's outcome."""
     spec = load_sweep(path, preset=preset, overrides=overrides)  # raises before Ray starts
     preset_label = preset or (spec.preset or "default")
+    if tracker is None:
+        from ..tracking import check_tracking_store
+
+        check_tracking_store()  # an unreachable server fails here, before Ray or any trial
     sweep_name, sweep_dir = _sweep_dir(spec, out_root, resume, preset_label)
+    if resume and not sweep_dir.exists():
+        log.warning("--resume: no earlier %s sweep of %s under %s; starting a new one", preset_label, spec.name, sweep_dir.parent)
 
     import ray
     from ray import tune
@@ -439,14 +565,27 @@ def run_sweep(
                 parent_params["space"] = json.dumps(spec.space)
             for key, info in pinned.items():
                 parent_params[f"encoder.{key}"] = info["uri"]
-            parent_id = tracker.start_sweep(spec.name, parent_params, {"drifting.sweep": sweep_name, "drifting.sweep_dir": str(sweep_dir), "drifting.preset": preset_label})
-            callbacks.append(TrackingCallback(tracker, parent_id, ctx))
+            previous, existing = None, {}
+            if resume and hasattr(tracker, "find_sweep_run"):
+                previous = tracker.find_sweep_run(spec.name, sweep_name)
+                if previous is not None:
+                    for run in tracker.child_runs(previous.info.run_id):
+                        d = run.data.tags.get("drifting.trial_dir")
+                        if d and d not in existing:
+                            existing[d] = (run.info.run_id, run.info.status)
+                    print(f"resuming sweep {sweep_name}: MLflow parent run {previous.info.run_id} ({len(existing)} trial runs)")
+            parent_id = tracker.start_sweep(
+                spec.name, parent_params, {"drifting.sweep": sweep_name, "drifting.sweep_dir": str(sweep_dir), "drifting.preset": preset_label},
+                **({"resume_run_id": previous.info.run_id} if previous is not None else {}),
+            )
+            callbacks.append(TrackingCallback(tracker, parent_id, ctx, existing))
 
         search_alg = scheduler = None
+        samples, earlier = spec.num_samples, []
         if spec.search == "optuna":
-            from ray.tune.search.optuna import OptunaSearch
-
-            search_alg = OptunaSearch(seed=0)
+            search_alg, samples, earlier = _optuna_search(spec, sweep_dir, sweep_name, resume)
+            if earlier:
+                print(f"resuming: {len(earlier)} of {spec.num_samples} Optuna trials are done; {samples} to run")
         if spec.scheduler["name"] == "asha":
             from ray.tune.schedulers import ASHAScheduler
 
@@ -460,15 +599,21 @@ def run_sweep(
             param_space=param_space,
             tune_config=tune.TuneConfig(
                 metric=spec.metric["name"], mode=spec.metric["mode"], search_alg=search_alg, scheduler=scheduler,
-                num_samples=spec.num_samples if spec.search == "optuna" else 1, max_concurrent_trials=cap,
+                num_samples=samples if spec.search == "optuna" else 1, max_concurrent_trials=cap,
             ),
-            run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir / "_tune"), callbacks=callbacks, verbose=verbose),
+            run_config=tune.RunConfig(
+                # each attempt (a resumed sweep is a new one) keeps its own Tune state
+                name=_tune_name(sweep_dir), storage_path=str(sweep_dir / "_tune"), callbacks=callbacks, verbose=verbose,
+                # a trial whose process dies (a killed worker, a lost node) is restarted and
+                # continues from its checkpoint; deterministic errors fail fast (fatal.json)
+                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            ),
         )
         # intermediate results carry loss & co.; the metric (fid) arrives with the final one
         old = os.environ.get("TUNE_DISABLE_STRICT_METRIC_CHECKING")
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
         try:
-            grid = tuner.fit()
+            grid = tuner.fit() if samples > 0 else []
         finally:
             if old is None:
                 os.environ.pop("TUNE_DISABLE_STRICT_METRIC_CHECKING", None)
@@ -492,6 +637,16 @@ def run_sweep(
                 label=label, overrides=params, metrics=metrics, status=status, trial_dir=str(trial_dir),
                 trial_id=trial_id, error=error, run_id=cb.runs.get(trial_id) if cb else None,
             ))
+        seen = {t.trial_dir for t in out.trials}
+        for rec in earlier:  # Optuna trials finished (or stopped) by an earlier attempt
+            d = rec["dir"]
+            if str(d) in seen:
+                continue
+            summary_path = d / "summary.json"
+            status = "FINISHED" if summary_path.exists() else "STOPPED"
+            metrics = _final_metrics(json.loads(summary_path.read_text())) if summary_path.exists() else {}
+            prev = (cb.existing.get(str(d)) if cb else None) or (None, None)
+            out.trials.append(TrialResult(label=rec["label"], overrides=rec["params"], metrics=metrics, status=status, trial_dir=str(d), trial_id="", error=None, run_id=prev[0]))
         order = {t.label: t.index for t in spec.trials}
         out.trials.sort(key=lambda t: (order.get(t.label, 10**9), t.trial_dir))
         if tracker and parent_id:

@@ -32,7 +32,7 @@ from .. import config as config_lib
 from ..config import Config
 from ..drift import cfg_negative_weight, sample_cfg_alpha
 from . import distributed as D
-from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT_NAME, CheckpointError, CheckpointWriteError, load_checkpoint, save_checkpoint
 from .objective import group_drift_loss, spread_ratio
 
 Reporter = Callable[[int, dict], None]
@@ -222,19 +222,28 @@ def training_loop(
     amp = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
     use_cfg = cfg.cfg.enabled and dataset.num_classes > 1
 
+    last_saved = {"step": start_step if start_step else None}
+
     def save(step: int) -> None:
         if main:
-            save_checkpoint(
-                {
+            try:
+                save_checkpoint(
+                    {
                     "step": step,
                     "generator": generator.state_dict(),
                     "ema": ema.model.state_dict(),
                     "optimizer": opt.state_dict(),
                     "config": config_lib.to_dict(cfg),
                     "data": {"name": dataset.name, "shape": list(dataset.shape), "num_classes": int(dataset.num_classes), "kind": dataset.kind},
-                },
-                ckpt_path,
-            )
+                    },
+                    ckpt_path,
+                )
+            except CheckpointWriteError as exc:
+                where = f"resumes from step {last_saved['step']}" if last_saved["step"] else "starts from step 0"
+                err = CheckpointWriteError(f"step {step}: {exc}. Training stopped; free space and rerun the same command: it {where}")
+                err.errno = exc.errno
+                raise err from exc
+            last_saved["step"] = step
             if checkpoint_hook is not None:
                 checkpoint_hook(step, out)
         D.barrier()
@@ -305,7 +314,10 @@ def training_loop(
         bad = [k for k, v in metrics.items() if not math.isfinite(v)]
         if bad:
             if main:
-                save_checkpoint({"step": step, "generator": generator.state_dict(), "ema": ema.model.state_dict(), "optimizer": opt.state_dict(), "config": config_lib.to_dict(cfg), "diverged": True}, out / "diverged.pt")
+                try:  # the diverged state, for a post-mortem; never in place of the last good checkpoint
+                    save_checkpoint({"step": step, "generator": generator.state_dict(), "ema": ema.model.state_dict(), "optimizer": opt.state_dict(), "config": config_lib.to_dict(cfg), "diverged": True}, out / "diverged.pt")
+                except OSError:
+                    pass
             raise TrainingDiverged(f"step {step}: {bad[0]} is {metrics[bad[0]]} (run stopped; last good checkpoint kept at {ckpt_path})")
         for k, v in metrics.items():
             window[k] = window.get(k, 0.0) + v
@@ -321,7 +333,8 @@ def training_loop(
             avg["lr"] = opt.param_groups[0]["lr"]
             avg["steps_per_sec"] = window_n / max(now - step_time, 1e-9)
             window, window_n, step_time = {}, 0, now
-            if main and quick is not None and done % tc.eval_every == 0:
+            # the last step's quick evaluation is left to the final one (no fid logged twice)
+            if main and quick is not None and done % tc.eval_every == 0 and not (evaluate and done == tc.steps):
                 avg.update(quick(ema.model))
                 step_time = time.time()  # evaluation time is not training time
             if main:
