@@ -40,6 +40,16 @@ def _load(path: str, preset: str | None, overrides: tuple[str, ...]):
         raise click.ClickException(f"bad config: {exc}") from None
 
 
+def _run_errors() -> tuple:
+    """Errors a run stops with that need a message, not a traceback: a refused or unwritable
+    checkpoint, divergence (step and metric), an unreachable tracking store."""
+    from .tracking import TrackingUnavailable
+    from .train.checkpoint import CheckpointError, CheckpointWriteError
+    from .train.loop import TrainingDiverged
+
+    return (CheckpointError, CheckpointWriteError, TrainingDiverged, TrackingUnavailable)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="drifting-platform")
 def main() -> None:
@@ -75,6 +85,8 @@ def train(config: str, out: str, preset: str | None, overrides: tuple[str, ...],
             summary = training_loop(cfg, out, resume=not no_resume, progress=not quiet, evaluate=not no_eval)
     except ConfigError as exc:
         raise click.ClickException(f"bad config: {exc}") from None
+    except _run_errors() as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
     click.echo(json.dumps(summary, indent=2))
     click.echo(f"results in {Path(out).resolve()} (summary.json, samples.npz, samples.png, metrics.jsonl, checkpoint.pt)")
 
@@ -150,6 +162,8 @@ def sweep(sweep_file: str, preset: str | None, overrides: tuple[str, ...], out_r
         result = run_sweep(path, preset=preset, overrides=overrides, out_root=out_root, resume=resume)
     except (SweepError, ConfigError) as exc:
         raise click.ClickException(f"bad sweep: {exc}") from None
+    except _run_errors() as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
     for t in result.trials:
         shown = {k: round(v, 4) for k, v in t.metrics.items() if k in (result.metric["name"], "kid", "mmd", "modes_covered", "steps", "seconds")}
         click.echo(f"  {t.status:9s} {t.label:28s} {shown}" + (f"  error: {t.error.splitlines()[0]}" if t.error else ""))

@@ -493,6 +493,79 @@ class SweepTracker:
         hist = with_retry(self.client.get_metric_history, run_id, key)
         return [(m.step, m.value) for m in sorted(hist, key=lambda m: (m.step, m.timestamp))]
 
+    def find_sweep_run(self, experiment: str, sweep_name: str):
+        """The parent run of sweep instance ``sweep_name`` (tag ``drifting.sweep_name``) in
+        ``experiment``, or None: what ``--resume`` reopens."""
+        exp_id = self.experiment_id(self.experiment or experiment, create=False)
+        if exp_id is None:
+            return None
+        runs = with_retry(
+            self.client.search_runs,
+            [exp_id],
+            filter_string=f"tags.`{TAG_SWEEP}` = 'true' and tags.`{TAG_SWEEP_NAME}` = '{sweep_name}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        return runs[0] if runs else None
+
+    def reopen_run(self, run_id: str) -> None:
+        """Mark a run RUNNING again (a resumed trial or sweep keeps its run)."""
+        with_retry(self.client.update_run, run_id, status="RUNNING")
+
+    def last_steps(self, run_id: str) -> dict[str, int]:
+        """``{metric key: largest step logged}`` of a run: where a resumed history continues."""
+        run = with_retry(self.client.get_run, run_id)
+        out = {}
+        for key in run.data.metrics:
+            hist = with_retry(self.client.get_metric_history, run_id, key)
+            if hist:
+                out[key] = max(int(m.step) for m in hist)
+        return out
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking store cannot be reached or written: raised before any training starts."""
+
+
+def check_tracking_store(uri: Optional[str] = None, *, timeout: float = 5.0) -> str:
+    """Make sure the tracking store ``uri`` (default ``tracking_uri()``) is usable; returns it.
+
+    An ``http(s)://`` server must answer its ``/health`` endpoint within ``timeout`` seconds;
+    a ``sqlite:///`` store's folder must be creatable and writable. Raises
+    ``TrackingUnavailable`` with the (credential-masked) URI and what to do otherwise."""
+    import urllib.error
+
+    uri = uri or tracking_uri()
+    shown = mask_url_credentials(uri)
+    if uri.startswith(("http://", "https://")):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - the user's server
+                if resp.status >= 400:
+                    raise TrackingUnavailable(f"MLflow tracking server {shown} answered HTTP {resp.status} on /health")
+        except TrackingUnavailable:
+            raise
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):  # reachable; authentication is MLflow's business
+                return uri
+            raise TrackingUnavailable(f"MLflow tracking server {shown} answered HTTP {exc.code} on /health") from None
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingUnavailable(
+                f"MLflow tracking server {shown} is unreachable ({reason}). Start it, fix MLFLOW_TRACKING_URI, "
+                f"or unset it to use the local store {default_tracking_uri()}. Nothing was started."
+            ) from None
+        return uri
+    db = _sqlite_path(uri)
+    if db is not None:
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TrackingUnavailable(f"tracking store {shown}: cannot create {db.parent} ({exc.strerror}). Nothing was started.") from None
+        if not os.access(db.parent, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
+            raise TrackingUnavailable(f"tracking store {shown}: {db} is not writable. Nothing was started.")
+    return uri
+
 
 def find_latest_sweep(experiment: str, *, uri: Optional[str] = None):
     """The latest parent run (an ``mlflow.entities.Run``) of ``experiment``, or None."""
