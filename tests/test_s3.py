@@ -423,3 +423,35 @@ def test_cli_storage_path_needs_workers(tmp_path):
                           "--storage-path", "s3://bkt/ray"], capture_output=True, text=True)
     assert out.returncode == 2 and "--storage-path" in out.stderr and "--workers" in out.stderr
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_sweep_storage_on_s3(s3, tmp_path):
+    """`sweep --storage-path s3://...`: Tune's state and a 2-worker trial's Ray Train
+    checkpoints land in the bucket; the trial itself finishes as usual."""
+    b = s3["bucket"]
+    sweep = tmp_path / "s3sweep.yaml"
+    sweep.write_text(
+        f"name: s3sweep\nbase: {CONFIGS / 'digits.yaml'}\npreset: smoke\n"
+        "set: [train.steps=4, train.log_every=2, train.ckpt_every=2, train.threads=1, eval.num_samples=100]\n"
+        "rows: [{name: only, set: {drift.repulsion_scale: 1.0}}]\n"
+        "resources: {cpus_per_trial: 1, workers: 2}\nmetric: {name: fid, mode: min}\n"
+    )
+    ray_tmp = tempfile.mkdtemp(prefix="rs3-", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1", "DRIFTING_HOME": str(tmp_path / "home"),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    try:
+        proc = subprocess.run([CLI, "sweep", str(sweep), "--out-root", str(tmp_path / "sweeps"), "--no-report",
+                               "--storage-path", f"s3://{b}/sweeps"], capture_output=True, text=True, env=env, timeout=400)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "FINISHED" in proc.stdout
+    keys = _keys(s3, "sweeps/s3sweep/")
+    assert any("/_tune/tune/" in k for k in keys), keys  # Tune's experiment state
+    ckpts = [k for k in keys if k.endswith("/checkpoint.pt") and "/ray/" in k]  # <sweep>/<trial>/ray/...
+    assert ckpts, keys
+    assert not list((tmp_path / "sweeps").rglob("_tune"))  # nothing fell back to the local default
+    for k in keys:
+        body = s3["client"].get_object(Bucket=b, Key=k)["Body"].read()
+        assert SECRET.encode() not in body and KEY_ID.encode() not in body, k

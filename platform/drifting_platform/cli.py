@@ -151,7 +151,8 @@ def sample(run_dir: str, num: int, out: str, cfg_scale: float, seed: int, grid: 
 @click.option("--out-root", default=None, type=click.Path(file_okay=False), help="Where trial directories go (default $DRIFTING_HOME/sweeps).")
 @click.option("--resume", is_flag=True, help="Continue the latest sweep of this experiment instead of starting a new one.")
 @click.option("--no-report", is_flag=True, help="Do not print / write the report table at the end.")
-def sweep(sweep_file: str, preset: str | None, overrides: tuple[str, ...], out_root: str | None, resume: bool, no_report: bool) -> None:
+@click.option("--storage-path", default=None, metavar="DIR|s3://BUCKET/PREFIX", help="Where Ray Tune keeps its state and multi-worker trials their Ray Train checkpoints (default: the sweep directory). s3:// uses AWS_ENDPOINT_URL and the AWS credential chain.")
+def sweep(sweep_file: str, preset: str | None, overrides: tuple[str, ...], out_root: str | None, resume: bool, no_report: bool, storage_path: str | None) -> None:
     """Run a Ray Tune sweep (grid, rows or Optuna) tracked in MLflow; then print its table."""
     from .launch.spec import SweepError
 
@@ -159,7 +160,7 @@ def sweep(sweep_file: str, preset: str | None, overrides: tuple[str, ...], out_r
     try:
         from .launch.sweep import run_sweep
 
-        result = run_sweep(path, preset=preset, overrides=overrides, out_root=out_root, resume=resume)
+        result = run_sweep(path, preset=preset, overrides=overrides, out_root=out_root, resume=resume, storage_path=storage_path)
     except (SweepError, ConfigError) as exc:
         raise click.ClickException(f"bad sweep: {exc}") from None
     except _run_errors() as exc:

@@ -90,6 +90,7 @@ class _Context:
     sweep_dir: str
     resume: bool
     choices: dict  # optuna: path -> list of choice values (Tune samples the index)
+    storage_root: Optional[str] = None  # --storage-path: this sweep's Ray storage (dir or s3://)
 
     def params(self, config: dict) -> tuple[Optional[Trial], dict]:
         if "trial" in config:
@@ -180,7 +181,8 @@ def _trial_fn(config: dict, ctx: _Context) -> None:
             summary_path.unlink()
         trainer = make_trainer(
             cfg, trial_dir, workers=res["workers"], gpu=res["gpu"], cpus_per_worker=max(1, int(res["cpus_per_trial"])),
-            storage_path=str(trial_dir / "ray"), name=f"train_{trial_id}", callbacks=[TuneReportCallback()],
+            storage_path=f"{ctx.storage_root}/{trial_dir.name}/ray" if ctx.storage_root else str(trial_dir / "ray"),
+            name=f"train_{trial_id}", callbacks=[TuneReportCallback()],
             initial_checkpoint=str(trial_dir / "checkpoint.pt") if (trial_dir / "checkpoint.pt").exists() else None,
         )
         result = trainer.fit()
@@ -382,14 +384,9 @@ def _trial_error(trial) -> str:
     return "trial failed (no error text)"
 
 
-def _tune_name(sweep_dir: Path) -> str:
-    base = Path(sweep_dir) / "_tune"
-    if not (base / "tune").exists():
-        return "tune"
-    i = 2
-    while (base / f"tune-{i}").exists():
-        i += 1
-    return f"tune-{i}"
+def _tune_name(resume: bool) -> str:
+    """Tune's experiment name: each attempt (a resumed sweep is a new one) keeps its own state."""
+    return f"tune-resumed-{time.strftime('%Y%m%d-%H%M%S')}" if resume else "tune"
 
 
 def _sweep_dir(spec: SweepSpec, out_root: Optional[str | Path], resume: bool, preset_label: str) -> tuple[str, Path]:
@@ -504,6 +501,7 @@ def run_sweep(
     tracker: Any = None,  # a SweepTracker; None = the default store (tracking.py); False = none
     resume: bool = False,  # continue the latest sweep of this experiment and preset
     verbose: int = 1,
+    storage_path: Optional[str] = None,  # Tune state / Ray Train checkpoints: a shared dir or s3://bucket/prefix
 ) -> SweepResult:
     """Validate the sweep file, then run it on Ray Tune; returns every trial's outcome."""
     spec = load_sweep(path, preset=preset, overrides=overrides)  # raises before Ray starts
@@ -548,7 +546,13 @@ def run_sweep(
             param_space = {"p": space}
         else:
             param_space = {"trial": tune.grid_search(list(range(len(spec.trials))))}
-        ctx = _Context(spec=spec, sweep_dir=str(sweep_dir), resume=resume, choices=choices)
+        storage_root = None
+        if storage_path:
+            from .. import storage as storage_lib
+
+            base = storage_path if storage_lib.is_s3(storage_path) else str(Path(storage_path).expanduser().resolve())
+            storage_root = f"{base.rstrip('/')}/{slug(spec.name)}/{sweep_name}"
+        ctx = _Context(spec=spec, sweep_dir=str(sweep_dir), resume=resume, choices=choices, storage_root=storage_root)
 
         parent_id = None
         callbacks = []
@@ -593,6 +597,11 @@ def run_sweep(
                 time_attr="step", max_t=spec.max_steps, grace_period=spec.scheduler["grace_period"],
                 reduction_factor=spec.scheduler["reduction_factor"],
             )
+        tune_storage, tune_fs = str(sweep_dir / "_tune"), None
+        if storage_root:
+            from .. import storage as storage_lib
+
+            tune_storage, tune_fs = storage_lib.ray_storage(f"{storage_root}/_tune")
         trainable = tune.with_resources(tune.with_parameters(_trial_fn, ctx=ctx), trial_res)
         tuner = tune.Tuner(
             trainable,
@@ -603,7 +612,7 @@ def run_sweep(
             ),
             run_config=tune.RunConfig(
                 # each attempt (a resumed sweep is a new one) keeps its own Tune state
-                name=_tune_name(sweep_dir), storage_path=str(sweep_dir / "_tune"), callbacks=callbacks, verbose=verbose,
+                name=_tune_name(resume), storage_path=tune_storage, storage_filesystem=tune_fs, callbacks=callbacks, verbose=verbose,
                 # a trial whose process dies (a killed worker, a lost node) is restarted and
                 # continues from its checkpoint; deterministic errors fail fast (fatal.json)
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
