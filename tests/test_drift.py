@@ -44,8 +44,14 @@ def _rel_err(value: torch.Tensor, ref: torch.Tensor) -> float:
     return ((value - ref).abs().max() / ref.abs().max()).item()
 
 
+# the kernel's paths: all temperatures stacked (small problems), row chunks of one row,
+# row chunks of several rows; the result must not depend on which one runs
+CHUNKS = {"stacked": 1 << 30, "one_row": 1, "rows": 700}
+
+
+@pytest.mark.parametrize("chunk", sorted(CHUNKS))
 @pytest.mark.parametrize("case", _golden_cases() or [None])
-def test_matches_official_release(case):
+def test_matches_official_release(case, chunk):
     path = _golden_path()
     if case is None:
         message = f"golden file {path} is missing (set DRIFTING_GOLDEN_DIR)"
@@ -64,6 +70,7 @@ def test_matches_official_release(case):
             weight_pos=get("weight_pos"),
             weight_neg=get("weight_neg"),
             temperatures=temperatures,
+            chunk_elems=CHUNKS[chunk],
         )
         (grad,) = torch.autograd.grad(loss.sum(), gen)
 

@@ -43,6 +43,11 @@ _SCALE_FLOOR = 1e-3  # the feature scale never goes below this (collapsed / tiny
 _AFFINITY_FLOOR = 1e-6  # softmax_row * softmax_col is floored before the sqrt
 _SELF_DISTANCE = 100.0  # added to a generated sample's normalised distance to itself
 _RMS_FLOOR = 1e-8  # floor on a temperature's mean squared force before dividing by its root
+# rows of the [B, C_g, N] kernel are processed in chunks of about this many elements, so that
+# the elementwise passes of a chunk stay in the CPU's cache and the working memory is the
+# same for any number of temperatures
+_CHUNK_ELEMS = 1 << 18
+_EXP_MIN = -80.0  # exponents are clipped here: exp(-80) ~ 2e-35 is still a normal float32
 
 
 def _check_features(name: str, t: Tensor, batch: int | None = None, dim: int | None = None) -> None:
@@ -92,6 +97,7 @@ def drift_loss(
     attraction_scale: float = 1.0,
     repulsion_scale: float = 1.0,
     batch_mean: Callable[[Tensor], Tensor] | None = None,
+    chunk_elems: int = _CHUNK_ELEMS,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Multi-temperature drifting loss on feature sets, one value per class group.
 
@@ -109,6 +115,9 @@ def drift_loss(
             temperature's RMS (default ``Tensor.mean``). Under data parallelism, where
             each worker holds an equal shard of the class groups, pass a mean that also
             averages over workers so N workers compute exactly the one-worker loss.
+        chunk_elems: how many elements of the [B, C_g, N] kernel matrix are processed at
+            once (rows of generated samples in chunks; see ``_goal``). Only speed and memory
+            depend on it, not the result.
 
     Returns:
         loss: [B] float32, mean over (C_g, S) of (gen / s - stopgrad(x + V))^2.
@@ -164,46 +173,142 @@ def drift_loss(
             y = torch.cat(target_parts, dim=1)  # [B, N, S]
             w = torch.cat(weight_parts, dim=1)  # [B, N]
             n_neg = y.shape[1] - pos.shape[1]  # generated + extra negatives come first
-            w_col = w.unsqueeze(1)  # [B, 1, N]: a target's weight scales its column
-
-            dist = _pairwise_distance(x, y)  # [B, C_g, N], computed once for all R
-            scale = batch_mean(dist * w_col) / batch_mean(w)
-            scale_inputs = (scale / math.sqrt(S)).clamp(min=_SCALE_FLOOR)
-            x_s = x / scale_inputs
-            y_s = y / scale_inputs
-            dist_n = dist.div_(scale.clamp(min=_SCALE_FLOOR))  # reuse dist's storage
-            # A sample must not repel itself: push its self-distance out of the kernel's reach.
-            dist_n[:, :, :C_g].diagonal(dim1=1, dim2=2).add_(_SELF_DISTANCE)
-
-            info: dict[str, Tensor] = {"scale": scale}
-            total = torch.zeros_like(x_s)  # accumulated so memory does not grow with len(R)
-            for r in temperatures:
-                logits = dist_n / -r
-                # Doubly normalised kernel: over targets (rows) and over generated samples
-                # (columns); the geometric mean keeps it symmetric in the two roles.
-                affinity = torch.softmax(logits, dim=-1).mul_(torch.softmax(logits, dim=-2))
-                del logits
-                affinity.clamp_(min=_AFFINITY_FLOOR).sqrt_().mul_(w_col)
-                a_neg, a_pos = affinity[..., :n_neg], affinity[..., n_neg:]  # views
-                sum_neg = a_neg.sum(-1, keepdim=True)  # [B, C_g, 1]
-                sum_pos = a_pos.sum(-1, keepdim=True)
-                # Cross-weighting (in place: affinity becomes the signed coefficient matrix):
-                # with a = r = 1 both halves carry the same total mass, so V = 0 when p = q.
-                a_pos.mul_(sum_neg * attraction_scale)
-                a_neg.mul_(sum_pos * -repulsion_scale)
-                coeff = affinity
-                # F_i = sum_j c_ij y_j - (sum_j c_ij) x_i, as one baddbmm.
-                force = torch.baddbmm(x_s * -coeff.sum(-1, keepdim=True), coeff, y_s)
-                del affinity, a_neg, a_pos, coeff
-                mean_sq = batch_mean(force.square())
-                info[f"loss_R{r}"] = mean_sq
-                total.add_(force.div_(mean_sq.clamp(min=_RMS_FLOOR).sqrt()))
-            goal = x_s.add_(total)  # x_s is not needed any more
-            info["drift_norm"] = total.square().mean().sqrt()
+            goal, scale_inputs, info = _goal(
+                x, y, w, n_neg, temperatures, float(attraction_scale), float(repulsion_scale), batch_mean, chunk_elems
+            )
 
         # The only differentiable expression: s and goal are constants.
         loss = (gen32 / scale_inputs - goal).square().mean(dim=(1, 2))
     return loss, info
+
+
+def _goal(
+    x: Tensor, y: Tensor, w: Tensor, n_neg: int, temperatures: tuple[float, ...], a: float, r: float,
+    batch_mean: Callable[[Tensor], Tensor], chunk_elems: int,
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """The regression target of ``drift_loss`` (no gradient): (goal, s, info).
+
+    x [B, C_g, S] generated, y [B, N, S] targets (generated, extra negatives, positives),
+    w [B, N] target weights; the first ``n_neg`` targets are negatives.
+
+    The release computes, per temperature R, two softmaxes of l = -dn / R and
+    A = sqrt(max(softmax_row * softmax_col, 1e-6)) * w. With the log-sum-exps
+    L_i = logsumexp_j l_ij and K_j = logsumexp_i l_ij, the same matrix is
+
+        A_ij = max(exp(l_ij - (L_i + K_j) / 2), 1e-3) * w_j,
+
+    one exponential per entry instead of two softmaxes, a product and a square root. K
+    needs every row, so each temperature makes two passes over row chunks of dn: column
+    sums (shifted by the column minima, so nothing overflows), then, per chunk, row sums,
+    A, and the force. With A = [A- | A+], s-_i = sum_j A-_ij, s+_i = sum_j A+_ij,
+
+        F_i = a s-_i (A+ y+)_i - r s+_i (A- y-)_i - (a - r) s-_i s+_i x_i,
+
+    the release's cross-weighted field: A's halves are scaled in place by a s- and -r s+
+    (per row), one matmul gives the first two terms. Each temperature's force is then
+    divided by its RMS and added to the total, so memory holds dn, one force and one
+    chunk whatever the number of temperatures.
+    """
+    B, C_g, S = x.shape
+    N = y.shape[1]
+    dist = _pairwise_distance(x, y)  # [B, C_g, N], once for all R
+    # mean_{b,i,j}(d_ij w_j) as a mean of per-row sums (no [B, C_g, N] temporary)
+    scale = batch_mean(torch.bmm(dist, w.unsqueeze(-1)).squeeze(-1) / N) / batch_mean(w)
+    s_in = (scale / math.sqrt(S)).clamp(min=_SCALE_FLOOR)
+    x_s = x / s_in
+    y_s = y / s_in
+    dn = dist.div_(scale.clamp(min=_SCALE_FLOOR))
+    # a sample must not repel itself: its self-distance is pushed out of the kernel's reach
+    dn[:, :, :C_g].diagonal(dim1=1, dim2=2).add_(_SELF_DISTANCE)
+    info: dict[str, Tensor] = {"scale": scale}
+    T = len(temperatures)
+    if T * B * C_g * N <= chunk_elems:
+        # small problems (op overhead dominates): every temperature at once
+        total = _forces_stacked(dn, w, y_s, x_s, n_neg, temperatures, a, r, batch_mean, info)
+        info["drift_norm"] = total.square().mean().sqrt()
+        return x_s.add_(total), s_in, info
+    row_min = dn.amin(dim=-1)  # [B, C_g]
+    col_min = dn.amin(dim=-2)  # [B, N]
+    w_col = w.unsqueeze(1)  # [B, 1, N]
+    log_floor = 0.5 * math.log(_AFFINITY_FLOOR)  # A's floor, applied to the exponent
+    rows = max(1, min(C_g, chunk_elems // max(1, B * N)))
+    chunks = [(i, min(C_g, i + rows)) for i in range(0, C_g, rows)]
+    buf = torch.empty(B, rows, N, dtype=x.dtype, device=x.device)
+
+    total = torch.zeros_like(x_s)
+    force = torch.empty_like(x_s)
+    for R in temperatures:
+        k = -1.0 / R
+        # pass 1: K_j = -col_min_j / R + log sum_i exp((dn_ij - col_min_j) * k). Exponents
+        # below _EXP_MIN are clipped: their terms (< 1e-30) cannot change a sum that holds a
+        # 1 (the minimum's), and clipping keeps denormals, slow on CPUs, out of the pass.
+        col_sum = torch.zeros_like(col_min)
+        for i0, i1 in chunks:
+            e = buf[:, : i1 - i0]
+            torch.sub(dn[:, i0:i1], col_min.unsqueeze(1), out=e)
+            e.mul_(k).clamp_(min=_EXP_MIN).exp_()
+            col_sum.add_(e.sum(dim=1))
+        half_k_col = col_min.mul(k).add_(col_sum.log_()).mul_(-0.5).unsqueeze(1)  # -K_j / 2, [B, 1, N]
+        # pass 2: per chunk, L_i, A and the force
+        for i0, i1 in chunks:
+            d = dn[:, i0:i1]
+            e = buf[:, : i1 - i0]
+            rmin = row_min[:, i0:i1].unsqueeze(-1)
+            torch.sub(d, rmin, out=e)
+            e.mul_(k).clamp_(min=_EXP_MIN).exp_()
+            half_l_row = rmin.mul(k).add_(e.sum(dim=-1, keepdim=True).log_()).mul_(-0.5)  # -L_i / 2
+            # A = max(exp(l - (L + K) / 2), floor) * w; the floor clamps the exponent
+            torch.mul(d, k, out=e)
+            e.add_(half_k_col).add_(half_l_row).clamp_(min=log_floor).exp_().mul_(w_col)
+            a_neg, a_pos = e[..., :n_neg], e[..., n_neg:]
+            s_neg = a_neg.sum(dim=-1, keepdim=True)  # [B, rows, 1]
+            s_pos = a_pos.sum(dim=-1, keepdim=True)
+            # cross-weighting in place (the chunk is in cache), then one matmul on all of it
+            a_pos.mul_(s_neg * a)
+            a_neg.mul_(s_pos * -r)
+            f = force[:, i0:i1]
+            if f.is_contiguous():
+                torch.bmm(e, y_s, out=f)
+            else:
+                f.copy_(torch.bmm(e, y_s))
+            if a != r:  # rowsum of the coefficients, (a - r) s- s+ (0 for the paper's field)
+                f.sub_(x_s[:, i0:i1] * (s_neg * s_pos * (a - r)))
+        mean_sq = batch_mean(force.square())
+        info[f"loss_R{R}"] = mean_sq
+        total.add_(force.div_(mean_sq.clamp(min=_RMS_FLOOR).sqrt()))
+    info["drift_norm"] = total.square().mean().sqrt()
+    return x_s.add_(total), s_in, info
+
+
+def _forces_stacked(
+    dn: Tensor, w: Tensor, y_s: Tensor, x_s: Tensor, n_neg: int, temperatures: tuple[float, ...], a: float, r: float,
+    batch_mean: Callable[[Tensor], Tensor], info: dict[str, Tensor],
+) -> Tensor:
+    """``_goal``'s forces for a kernel matrix small enough to hold once per temperature:
+    the temperatures are a leading batch dimension, so each step is one operation (the
+    fused log-softmaxes give l - L and l - K; A = exp((l - L + l - K) / 2), floored)."""
+    T = len(temperatures)
+    B, C_g, N = dn.shape
+    k = torch.tensor([-1.0 / t for t in temperatures], dtype=dn.dtype, device=dn.device).view(T, 1, 1, 1)
+    logits = dn.unsqueeze(0) * k  # [T, B, C_g, N]
+    e = torch.log_softmax(logits, dim=-1).add_(torch.log_softmax(logits, dim=-2))
+    del logits
+    e.clamp_(min=math.log(_AFFINITY_FLOOR)).mul_(0.5).exp_().mul_(w.unsqueeze(1))
+    a_neg, a_pos = e[..., :n_neg], e[..., n_neg:]
+    s_neg = a_neg.sum(dim=-1, keepdim=True)
+    s_pos = a_pos.sum(dim=-1, keepdim=True)
+    a_pos.mul_(s_neg * a)
+    a_neg.mul_(s_pos * -r)
+    S = y_s.shape[-1]
+    force = torch.matmul(e, y_s.unsqueeze(0))  # [T, B, C_g, S]
+    if a != r:
+        force.sub_(x_s.unsqueeze(0) * (s_neg * s_pos * (a - r)))
+    per_t = force.square().mean(dim=(1, 2, 3))  # [T]
+    if batch_mean is not torch.mean:  # e.g. an all-reduce across workers: one call per R
+        per_t = torch.stack([batch_mean(force[i].square()) for i in range(T)])
+    for i, R in enumerate(temperatures):
+        info[f"loss_R{R}"] = per_t[i]
+    return (force / per_t.clamp(min=_RMS_FLOOR).sqrt().view(T, 1, 1, 1)).sum(dim=0)
 
 
 def drift_field(
