@@ -6,8 +6,9 @@ inputs in the same process, alternating, and the median of several timed repetit
 compared; results are checked equal first (loss and gradient). Also reported: GFLOP/s of the
 kernel's matmul work (2 B C_g N S for the distances + T x 2 B C_g N S for the forces, N =
 C_g + C_n + C_p) against the measured peak of a large square matmul on the same machine,
-and peak memory (tracemalloc is blind to torch's allocator, so CPU peak memory is measured
-as the growth of the process's peak RSS in a fresh subprocess per case).
+and peak memory (tracemalloc is blind to torch's allocator, so CPU peak memory is the
+growth of the process's peak RSS, VmHWM reset through /proc/self/clear_refs, during one
+forward+backward in a fresh subprocess per case).
 
     python benchmarks/bench_drift.py [--quick]
 """
@@ -110,16 +111,22 @@ def check_equal(shape, device="cpu", dtype=torch.float32) -> tuple[float, float]
     return rl, rg
 
 
-def _peak_rss_child(which: str, shape, temps) -> None:  # runs in a subprocess
-    import resource
+def _rss_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
+
+def _peak_rss_child(which: str, shape, temps) -> None:  # runs in a subprocess
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     args = _inputs(shape)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     fn = drift_loss if which == "ours" else reference_drift_loss
+    _step(fn, *args, temps=temps)  # warm: lazy initialisation is not the kernel's memory
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS counter (VmHWM)
+    before = _rss_kb("VmRSS")
     _step(fn, *args, temps=temps)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_mb": (after - before) / 1024.0}))
+    print(json.dumps({"peak_mb": (_rss_kb("VmHWM") - before) / 1024.0}))
 
 
 def peak_memory_mb(which: str, shape, temps) -> float:

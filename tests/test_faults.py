@@ -255,6 +255,30 @@ def _gone(pid: int, timeout: float = 10) -> bool:
     return False
 
 
+def _ray_pids() -> set[int]:
+    """Live Ray processes on this machine (raylet, GCS, agents, workers)."""
+    out = set()
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if cmd.startswith(b"ray::") or b"/ray/" in cmd:
+                out.add(int(d.name))
+    return out
+
+
+def _reap(before: set[int]) -> None:
+    """Kill what a SIGKILLed driver's Ray left behind (its agents can outlive the raylet)."""
+    time.sleep(2)
+    for pid in _ray_pids() - before:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def _env(tmp_path: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
     env.update(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db", DRIFTING_HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1")
@@ -329,6 +353,7 @@ def test_killed_sweep_driver_resumes_without_rerunning_and_failures_stay_failed(
     """))
     out_root = tmp_path / "sweeps"
     cmd = [CLI, "sweep", str(sweep), "--out-root", str(out_root), "--no-report"]
+    ray_before = _ray_pids()
     proc = subprocess.Popen(cmd, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         t0 = time.time()
@@ -345,7 +370,7 @@ def test_killed_sweep_driver_resumes_without_rerunning_and_failures_stay_failed(
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    time.sleep(3)
+    _reap(ray_before)
     sweep_dir = long_dir.parent
     quick_dir = next(d for d in sweep_dir.iterdir() if d.name.endswith("quick"))
     bad_dir = next(d for d in sweep_dir.iterdir() if d.name.endswith("diverges"))
@@ -404,6 +429,7 @@ def test_killed_optuna_sweep_resumes_its_study(tmp_path):
     """))
     out_root = tmp_path / "sweeps"
     cmd = [CLI, "sweep", str(sweep), "--out-root", str(out_root), "--no-report"]
+    ray_before = _ray_pids()
     proc = subprocess.Popen(cmd, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         t0 = time.time()
@@ -424,7 +450,7 @@ def test_killed_optuna_sweep_resumes_its_study(tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    time.sleep(3)
+    _reap(ray_before)
     first = done[0]
     first_summary = (first / "summary.json").read_bytes()
     ckpt_step = load_checkpoint(second)["step"]
