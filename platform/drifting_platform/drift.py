@@ -173,12 +173,14 @@ def drift_loss(
             y = torch.cat(target_parts, dim=1)  # [B, N, S]
             w = torch.cat(weight_parts, dim=1)  # [B, N]
             n_neg = y.shape[1] - pos.shape[1]  # generated + extra negatives come first
-            goal, scale_inputs, info = _goal(
+            total, scale_inputs, info = _goal(
                 x, y, w, n_neg, temperatures, float(attraction_scale), float(repulsion_scale), batch_mean, chunk_elems
             )
 
-        # The only differentiable expression: s and goal are constants.
-        loss = (gen32 / scale_inputs - goal).square().mean(dim=(1, 2))
+        # The only differentiable expression (s and the drift are constants):
+        # gen / s - goal with goal = x / s + total, x = gen's value, so gen / s - x / s is an
+        # exact 0 in the forward pass and the gradient is the release's.
+        loss = (gen32 - x).div_(scale_inputs).sub_(total).square().mean(dim=(1, 2))
     return loss, info
 
 
@@ -186,7 +188,8 @@ def _goal(
     x: Tensor, y: Tensor, w: Tensor, n_neg: int, temperatures: tuple[float, ...], a: float, r: float,
     batch_mean: Callable[[Tensor], Tensor], chunk_elems: int,
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-    """The regression target of ``drift_loss`` (no gradient): (goal, s, info).
+    """The drift of ``drift_loss``'s regression target (no gradient): (total, s, info), where
+    the goal is x / s + total.
 
     x [B, C_g, S] generated, y [B, N, S] targets (generated, extra negatives, positives),
     w [B, N] target weights; the first ``n_neg`` targets are negatives.
@@ -215,8 +218,8 @@ def _goal(
     # mean_{b,i,j}(d_ij w_j) as a mean of per-row sums (no [B, C_g, N] temporary)
     scale = batch_mean(torch.bmm(dist, w.unsqueeze(-1)).squeeze(-1) / N) / batch_mean(w)
     s_in = (scale / math.sqrt(S)).clamp(min=_SCALE_FLOOR)
-    x_s = x / s_in
-    y_s = y / s_in
+    # Forces are computed on the unscaled features: F(y / s) = F(y) / s, and each
+    # temperature's force is divided by its RMS, so only the RMS floor and loss_R see s.
     dn = dist.div_(scale.clamp(min=_SCALE_FLOOR))
     # a sample must not repel itself: its self-distance is pushed out of the kernel's reach
     dn[:, :, :C_g].diagonal(dim1=1, dim2=2).add_(_SELF_DISTANCE)
@@ -224,9 +227,9 @@ def _goal(
     T = len(temperatures)
     if T * B * C_g * N <= chunk_elems:
         # small problems (op overhead dominates): every temperature at once
-        total = _forces_stacked(dn, w, y_s, x_s, n_neg, temperatures, a, r, batch_mean, info)
-        info["drift_norm"] = total.square().mean().sqrt()
-        return x_s.add_(total), s_in, info
+        total = _forces_stacked(dn, w, y, x, n_neg, temperatures, a, r, batch_mean, s_in, info)
+        info["drift_norm"] = torch.linalg.vector_norm(total) / math.sqrt(total.numel())
+        return total, s_in, info
     row_min = dn.amin(dim=-1)  # [B, C_g]
     col_min = dn.amin(dim=-2)  # [B, N]
     w_col = w.unsqueeze(1)  # [B, 1, N]
@@ -235,8 +238,8 @@ def _goal(
     chunks = [(i, min(C_g, i + rows)) for i in range(0, C_g, rows)]
     buf = torch.empty(B, rows, N, dtype=x.dtype, device=x.device)
 
-    total = torch.zeros_like(x_s)
-    force = torch.empty_like(x_s)
+    total = torch.zeros_like(x)
+    force = torch.empty_like(x)
     for R in temperatures:
         k = -1.0 / R
         # pass 1: K_j = -col_min_j / R + log sum_i exp((dn_ij - col_min_j) * k). Exponents
@@ -268,21 +271,34 @@ def _goal(
             a_neg.mul_(s_pos * -r)
             f = force[:, i0:i1]
             if f.is_contiguous():
-                torch.bmm(e, y_s, out=f)
+                torch.bmm(e, y, out=f)
             else:
-                f.copy_(torch.bmm(e, y_s))
+                f.copy_(torch.bmm(e, y))
             if a != r:  # rowsum of the coefficients, (a - r) s- s+ (0 for the paper's field)
-                f.sub_(x_s[:, i0:i1] * (s_neg * s_pos * (a - r)))
-        mean_sq = batch_mean(force.square())
-        info[f"loss_R{R}"] = mean_sq
-        total.add_(force.div_(mean_sq.clamp(min=_RMS_FLOOR).sqrt()))
-    info["drift_norm"] = total.square().mean().sqrt()
-    return x_s.add_(total), s_in, info
+                f.sub_(x[:, i0:i1] * (s_neg * s_pos * (a - r)))
+        total.add_(force.mul_(_normaliser(force, s_in, batch_mean, info, f"loss_R{R}")))
+    info["drift_norm"] = torch.linalg.vector_norm(total) / math.sqrt(total.numel())
+    return total, s_in, info
+
+
+def _mean_square(t: Tensor, batch_mean: Callable[[Tensor], Tensor]) -> Tensor:
+    if batch_mean is torch.mean:  # one pass, no temporary
+        flat = t.reshape(-1)
+        return torch.dot(flat, flat) / flat.numel()
+    return batch_mean(t.square())
+
+
+def _normaliser(force: Tensor, s_in: Tensor, batch_mean, info: dict, key: str) -> Tensor:
+    """1 / (s * RMS of force / s), the release's per-temperature normalisation of a force
+    computed on unscaled features (RMS floored in scaled units); records loss_R."""
+    mean_sq = _mean_square(force, batch_mean) / s_in.square()
+    info[key] = mean_sq
+    return (s_in * mean_sq.clamp(min=_RMS_FLOOR).sqrt()).reciprocal()  # a 0-dim tensor: no device sync
 
 
 def _forces_stacked(
-    dn: Tensor, w: Tensor, y_s: Tensor, x_s: Tensor, n_neg: int, temperatures: tuple[float, ...], a: float, r: float,
-    batch_mean: Callable[[Tensor], Tensor], info: dict[str, Tensor],
+    dn: Tensor, w: Tensor, y: Tensor, x: Tensor, n_neg: int, temperatures: tuple[float, ...], a: float, r: float,
+    batch_mean: Callable[[Tensor], Tensor], s_in: Tensor, info: dict[str, Tensor],
 ) -> Tensor:
     """``_goal``'s forces for a kernel matrix small enough to hold once per temperature:
     the temperatures are a leading batch dimension, so each step is one operation (the
@@ -299,16 +315,13 @@ def _forces_stacked(
     s_pos = a_pos.sum(dim=-1, keepdim=True)
     a_pos.mul_(s_neg * a)
     a_neg.mul_(s_pos * -r)
-    S = y_s.shape[-1]
-    force = torch.matmul(e, y_s.unsqueeze(0))  # [T, B, C_g, S]
+    force = torch.matmul(e, y.unsqueeze(0))  # [T, B, C_g, S]
     if a != r:
-        force.sub_(x_s.unsqueeze(0) * (s_neg * s_pos * (a - r)))
-    per_t = force.square().mean(dim=(1, 2, 3))  # [T]
-    if batch_mean is not torch.mean:  # e.g. an all-reduce across workers: one call per R
-        per_t = torch.stack([batch_mean(force[i].square()) for i in range(T)])
-    for i, R in enumerate(temperatures):
-        info[f"loss_R{R}"] = per_t[i]
-    return (force / per_t.clamp(min=_RMS_FLOOR).sqrt().view(T, 1, 1, 1)).sum(dim=0)
+        force.sub_(x.unsqueeze(0) * (s_neg * s_pos * (a - r)))
+    total = force[0].mul_(_normaliser(force[0], s_in, batch_mean, info, f"loss_R{temperatures[0]}"))
+    for i in range(1, T):
+        total.add_(force[i].mul_(_normaliser(force[i], s_in, batch_mean, info, f"loss_R{temperatures[i]}")))
+    return total
 
 
 def drift_field(
