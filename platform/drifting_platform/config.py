@@ -114,6 +114,12 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast for generator + encoder
     threads: Optional[int] = None  # torch intra-op threads; None = torch's default
+    # the frozen encoder's features of the data set, computed once and indexed per step
+    # (positives, unconditional negatives) instead of re-encoded every step; same results.
+    # auto: on when the encoder allows it and the table fits feature_bank_max_mb;
+    # true: on, or a ConfigError saying why not; false: off (train/feature_bank.py)
+    feature_bank: Union[bool, Literal["auto"]] = "auto"
+    feature_bank_max_mb: float = 2048.0
 
 
 @dataclass(frozen=True)
@@ -146,6 +152,15 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _describe(tp: Any) -> str:
+    """A reader's name for an annotation: `true/false or 'auto'`."""
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None))
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, _type_name(tp))
+
+
 def _coerce(value: Any, tp: Any, path: str) -> Any:
     """Check `value` against annotation `tp` and return it in canonical form."""
     origin = typing.get_origin(tp)
@@ -163,7 +178,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
                 return _coerce(value, arg, path)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: {value!r} matches none of {tp}")
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: expected {_describe(tp)}, got {value!r}")
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{path}: {value!r} is not one of {list(args)}")
@@ -272,6 +287,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"train.eval_samples: must be >= 2, got {t.eval_samples}")
     if t.log_every < 1:
         raise ConfigError(f"train.log_every: must be >= 1, got {t.log_every}")
+    if not t.feature_bank_max_mb > 0:
+        raise ConfigError(f"train.feature_bank_max_mb: must be > 0, got {t.feature_bank_max_mb}")
     if t.grad_clip <= 0:
         raise ConfigError(f"train.grad_clip: must be > 0, got {t.grad_clip}")
     if e.num_samples < 1:

@@ -22,7 +22,14 @@ class Encoder(nn.Module):
     its input, so the drifting loss's gradient reaches the generator through it.
     Subclasses take `input_shape` (per-sample shape, e.g. (2,) or (C, H, W)) as their first
     argument and implement `forward`.
+
+    `bankable`: the features of a sample depend on that sample alone and on nothing random
+    (no batch statistics, no sampling), so the training loop may compute the data set's
+    features once and reuse them (`train/feature_bank.py`). An encoder for which that is
+    false sets it to False.
     """
+
+    bankable: bool = True
 
     def __init__(self, input_shape: Sequence[int]):
         super().__init__()

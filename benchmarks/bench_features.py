@@ -1,0 +1,174 @@
+"""Feature bank (issue 6 item 2): training steps/s with the data features banked vs re-encoded.
+
+What is measured: the real training loop (`training_loop`, digits at 32x32, class-conditional
+with CFG, 10 classes x 16 generated / 16 positive + 8 unconditional samples per step: the
+encoder ablation's local setting) run twice from the same seed, once with
+`train.feature_bank=false` (positives and unconditional negatives go through the frozen
+encoder every step) and once with `train.feature_bank=true` (their features are computed
+once before the first step and indexed per step). Steps/s is the loop's own
+`steps_per_sec` of each log window (metrics.jsonl); the first window (warm-up) is dropped
+and the median of the others is reported. Bank build time is outside the step rate and
+reported in the note. Both runs must end with the same generator (checked with
+torch.testing.assert_close; the largest difference is reported).
+
+Encoders: the MAE-w32 architecture of the encoder ablation (a ResNet, widths 32/64/128,
+GroupNorm; its weights are a seeded random init written to a temporary directory: the cost
+of a forward pass does not depend on the weights' values, and no registry is needed) and
+the ablation's random CNN (widths 32/64, first stage at stride 2). One torch thread, as the
+ablation's trials run. Without `quick`, a short profile of one step's parts (encoder on
+the data samples, on the generated samples, the drift loss, the generator) explains the
+ratio (Amdahl: the bank removes only the data samples' encoder passes).
+
+    python benchmarks/bench_features.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "experiments" / "configs" / "digits.yaml"
+THREADS = 1
+SAMPLING = ["sampling.n_classes=10", "sampling.n_gen=16", "sampling.n_pos=16", "sampling.n_unc=8"]
+
+
+def write_mae_encoder(out: Path, widths=(32, 64, 128), seed: int = 0) -> Path:
+    """A local encoder directory (encoder.json + weights.pt) with the MAE-w32 architecture
+    for 32x32 digits: what `pretrain_loop` writes, with seeded random weights."""
+    from drifting_platform.pretrain.backbone import ResNetBackbone
+    from drifting_platform.pretrain.loop import ENCODER_FORMAT
+
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        backbone = ResNetBackbone(2, widths, blocks=1, stem_stride=2)  # 1 image + 1 mask channel
+    torch.save(backbone.state_dict(), out / "weights.pt")
+    meta = {"format": ENCODER_FORMAT, "name": "bench-mae", "objective": "mae", "backbone": backbone.spec, "input_shape": [1, 32, 32], "mask_channel": True}
+    (out / "encoder.json").write_text(json.dumps(meta) + "\n")
+    return out
+
+
+def _config(encoder: list[str], *, steps: int, log_every: int, bank: bool):
+    from drifting_platform.config import load_config
+
+    return load_config(CONFIG, "local", [
+        "data.size=32", *encoder, *SAMPLING, f"train.steps={steps}", f"train.log_every={log_every}", "train.ckpt_every=0",
+        "train.warmup_steps=2", f"train.threads={THREADS}", "train.eval_every=0", f"train.feature_bank={'true' if bank else 'false'}",
+    ])
+
+
+def _steady_rate(run_dir: Path) -> float:
+    rates = [json.loads(line)["steps_per_sec"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return statistics.median(rates[1:] if len(rates) > 1 else rates)
+
+
+def _train(cfg, run_dir: Path) -> tuple[float, dict, dict]:
+    from drifting_platform.train import training_loop
+    from drifting_platform.train.checkpoint import load_checkpoint
+
+    summary = training_loop(cfg, run_dir, progress=False, evaluate=False, resume=False)
+    return _steady_rate(run_dir), summary, load_checkpoint(run_dir / "checkpoint.pt")["generator"]
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    for k in a:  # raises when they differ beyond float tolerance
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=f"feature bank changed generator parameter {k}")
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def _profile(cfg, reps: int = 3) -> dict:
+    """Milliseconds of one step's parts (median of `reps`), outside the loop."""
+    from drifting_platform.train.loop import build_components
+    from drifting_platform.train.objective import group_drift_loss
+
+    ds, enc, gen = build_components(cfg)
+    s = cfg.sampling
+    n = s.n_classes
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(n * s.n_gen, gen.noise_dim, generator=g)
+    labels = torch.arange(n).repeat_interleave(s.n_gen)
+    alpha = torch.full((n * s.n_gen,), 1.5)
+    x_pos, x_unc = ds.x[: n * s.n_pos], ds.x[-s.n_unc :]
+    with torch.no_grad():
+        pos_f, unc_f = enc(x_pos), enc(x_unc)
+        x_fixed = gen(z, labels, alpha)
+
+    def data_encode():
+        with torch.no_grad():
+            enc(x_pos), enc(x_unc)
+
+    def gen_encode():
+        x = x_fixed.clone().requires_grad_(True)
+        sum(v.float().sum() for v in enc(x).values()).backward()
+
+    def drift():
+        with torch.no_grad():
+            f = enc(x_fixed)
+        f = {k: v.float().requires_grad_(True) for k, v in f.items()}
+        loss, _ = group_drift_loss(f, pos_f, unc_f, n_groups=n, unc_weight=torch.ones(n), temperatures=cfg.drift.temperatures)
+        loss.backward()
+
+    def generator():
+        gen(z, labels, alpha).sum().backward()
+
+    out = {}
+    for name, fn in (("encoder on data samples", data_encode), ("encoder fwd+bwd on generated", gen_encode), ("drift loss fwd+bwd", drift), ("generator fwd+bwd", generator)):
+        fn()
+        ts = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        out[name] = statistics.median(ts) * 1e3
+    return out
+
+
+def run(quick: bool = False) -> list[dict]:
+    threads_before = torch.get_num_threads()
+    steps, log_every = (12, 4) if quick else (25, 5)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-features-") as tmp:
+        tmp = Path(tmp)
+        mae = write_mae_encoder(tmp / "mae-w32")
+        cases = [("MAE-w32 encoder (ResNet 32/64/128, GroupNorm)", ["encoder.name=mae", f"encoder.source={mae}", "encoder.kwargs={}"])]
+        if not quick:
+            cases.append(("random CNN encoder (32/64, first stride 2)", ["encoder.name=random_cnn", "encoder.kwargs={widths: [32, 64], first_stride: 2}"]))
+        try:
+            for i, (label, enc) in enumerate(cases):
+                off_rate, _, w_off = _train(_config(enc, steps=steps, log_every=log_every, bank=False), tmp / f"off{i}")
+                on_rate, summary, w_on = _train(_config(enc, steps=steps, log_every=log_every, bank=True), tmp / f"on{i}")
+                diff = _max_diff(w_on, w_off)
+                fb = summary["feature_bank"]
+                saved_ms = 1e3 / off_rate - 1e3 / on_rate
+                note = (
+                    f"same results: max |param diff| {diff:.1e} after {steps} steps; bank {fb['megabytes']:.0f} MB built in "
+                    f"{fb['build_seconds']:.2f} s (pays off after ~{fb['build_seconds'] * 1e3 / max(saved_ms, 1e-9):.0f} steps); "
+                    f"step {1e3 / off_rate:.0f} -> {1e3 / on_rate:.0f} ms; {THREADS} thread"
+                )
+                if not quick:
+                    prof = _profile(_config(enc, steps=steps, log_every=log_every, bank=False))
+                    total = sum(prof.values())
+                    note += "; step profile: " + ", ".join(f"{k} {v:.0f} ms ({v / total:.0%})" for k, v in prof.items())
+                rows.append({
+                    "benchmark": "feature bank (train steps/s)",
+                    "case": f"digits 32x32 CFG, 10x(16 gen + 16 pos) + 8 unc, {label}",
+                    "baseline": off_rate, "ours": on_rate, "unit": "steps/s", "ratio": on_rate / off_rate, "target": 1.3, "note": note,
+                })
+        finally:
+            torch.set_num_threads(threads_before)
+    return rows
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true")
+    a = p.parse_args()
+    for r in run(a.quick):
+        print(json.dumps(r))
