@@ -258,6 +258,44 @@ def test_image_metrics_through_torch_fidelity(digits_model, digits_all):
     assert all(np.isnan(v) for v in image_metrics(a[:1], b[:8]).values())
 
 
+def test_reference_statistics_are_cached(digits_model, digits_all, cache_dir, monkeypatch):
+    """A second evaluation against the same reference reads its features / FID statistics
+    from the cache: the extractor sees only the generated samples, and the numbers agree."""
+    from drifting_platform.eval import fidelity
+
+    x, _ = digits_all
+    samples, ref = x[:300], x[301:901]  # a reference no other test uses: a cold cache
+    seen: list[int] = []
+    original = fidelity.DigitsFeatureExtractor.forward
+
+    def counting_forward(self, images):  # a wrapper: the real features are computed
+        seen.append(len(images))
+        return original(self, images)
+
+    monkeypatch.setattr(fidelity.DigitsFeatureExtractor, "forward", counting_forward)
+    kw = dict(kid_subsets=10, kid_subset_size=200, batch_size=100, reference_name="digits")
+    root = cache_dir / "fidelity"
+    cold = fidelity.image_metrics(samples, ref, **kw)
+    assert sum(seen) == 300 + 600  # samples and reference
+    name = fidelity.reference_cache_name(fidelity.unit_to_uint8(ref), "digits", name="digits")
+    assert name.startswith("ref-digits-n600-") and fidelity.reference_cache_root() == str(root)
+    files = [p.name for p in root.iterdir() if p.name.startswith(name)]
+    assert any("stat-fid" in f for f in files) and any("features" in f for f in files)
+    seen.clear()
+    warm = fidelity.image_metrics(samples, ref, **kw)
+    assert sum(seen) == 300  # the reference was not encoded again
+    assert warm == cold
+    seen.clear()
+    other = fidelity.image_metrics(samples, ref[:500], **kw)  # another sample count: its own entry
+    assert sum(seen) == 300 + 500 and other["fid"] != cold["fid"]
+    assert fidelity.reference_cache_name(fidelity.unit_to_uint8(ref[:500]), "digits") != fidelity.reference_cache_name(fidelity.unit_to_uint8(ref), "digits")
+    seen.clear()
+    n_files = len(list(root.iterdir()))
+    off = fidelity.image_metrics(samples, ref, **{**kw, "cache_reference": False})
+    assert sum(seen) == 900 and off == pytest.approx(cold, rel=1e-6)
+    assert len(list(root.iterdir())) == n_files  # nothing written without the cache
+
+
 def test_inception_without_weights_raises_and_never_downloads(monkeypatch, tmp_path):
     import torch_fidelity.feature_extractor_inceptionv3 as inc
 

@@ -10,11 +10,22 @@ a local weights file: nothing here ever downloads.
 Inputs are float `[N, C, H, W]` in [0, 1] (C = 1 or 3), NumPy or torch. They reach
 torch-fidelity as Datasets of uint8 `[3, H, W]` (grayscale replicated), which is its
 convention for images; no GenerativeModel wrapper is involved.
+
+Reference statistics are cached. The reference set (the real data) is the same for every
+run of a data set, so its features (for KID) and FID statistics are computed once and kept
+under `$DRIFTING_CACHE_DIR/fidelity/` through torch-fidelity's own cache (`input2_cache_name`),
+named by `reference_cache_name`: a hash of the reference images' uint8 content (which
+covers the data set, its size and the number of samples), the sample count, and the
+extractor's identity (the digits classifier's recipe hash, or the Inception weights file).
+A changed data set, sample count or extractor therefore never reads stale statistics; the
+generated samples are never cached.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 
 import numpy as np
 import torch
@@ -151,6 +162,37 @@ def extractor_kwargs(extractor: str, *, inception_weights=None, cache_dir=None) 
     raise ValueError(f"extractor must be one of {sorted(EXTRACTORS)}, got {extractor!r}")
 
 
+def extractor_identity(extractor: str, *, inception_weights=None) -> str:
+    """What determines the extractor's features: the digits classifier's recipe (and torch)
+    hash, or the Inception weights file (path, size, modification time)."""
+    if extractor == "digits":
+        from .classifier import recipe_hash
+
+        return f"digits{recipe_hash()}"
+    st = os.stat(inception_weights)
+    blob = f"{os.path.realpath(inception_weights)}|{st.st_size}|{st.st_mtime_ns}"
+    return "inception" + hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def reference_cache_name(reference_u8: torch.Tensor, extractor: str, *, inception_weights=None, name: str | None = None) -> str:
+    """The cache name of a reference set's features / statistics (see the module docstring).
+
+    reference_u8: the uint8 [N, 3, H, W] images torch-fidelity sees. `name` (e.g. the data
+    set's name) only makes the file names readable; the content hash identifies the set.
+    """
+    h = hashlib.sha256(str(tuple(reference_u8.shape)).encode())
+    h.update(reference_u8.contiguous().numpy().tobytes())
+    label = re.sub(r"[^A-Za-z0-9_.]+", "_", name)[:40] + "-" if name else ""
+    return f"ref-{label}n{len(reference_u8)}-{h.hexdigest()[:16]}-{extractor_identity(extractor, inception_weights=inception_weights)}"
+
+
+def reference_cache_root(cache_dir=None) -> str:
+    """Where reference features / statistics live: `<platform cache>/fidelity`."""
+    from .classifier import cache_dir as platform_cache_dir
+
+    return str(platform_cache_dir(cache_dir) / "fidelity")
+
+
 def fidelity_to_metrics(out: dict) -> dict:
     """torch-fidelity's result dict -> {"fid", "kid", "kid_std"} as floats."""
     return {
@@ -162,19 +204,27 @@ def fidelity_to_metrics(out: dict) -> dict:
 
 def image_metrics(samples01, reference01, *, extractor: str = "digits", inception_weights=None, kid_subsets: int = 100,
                   kid_subset_size: int = 1000, batch_size: int = 256, cuda: bool | None = None, cache_dir=None,
-                  seed: int = 0, verbose: bool = False) -> dict:
+                  seed: int = 0, verbose: bool = False, cache_reference: bool = True, reference_name: str | None = None) -> dict:
     """FID and KID of samples against reference images (both float [N, C, H, W] in [0, 1]).
 
     `extractor`: "digits" (the platform's classifier; trained and cached on first use) or
     "inception" (needs `inception_weights`, a local file; raises InceptionWeightsMissing
     otherwise). `kid_subset_size` is clipped to the smaller set. `cuda`: default = available.
-    `cache_dir`: the digits classifier's cache folder (default $DRIFTING_CACHE_DIR).
+    `cache_dir`: the platform cache folder (default $DRIFTING_CACHE_DIR): the digits
+    classifier and, with `cache_reference` (default), the reference set's features and FID
+    statistics (computed on first use, then loaded; `reference_name` labels the file names).
     Returns {"fid": float, "kid": float, "kid_std": float}; all NaN when a set has < 2 images.
     """
     fe = extractor_kwargs(extractor, inception_weights=inception_weights, cache_dir=cache_dir)
     input1, input2 = images_to_dataset(samples01), images_to_dataset(reference01)
     if min(len(input1), len(input2)) < 2:  # no covariance from one image: undefined, not an error
         return {KEY_FID: float("nan"), KEY_KID: float("nan"), KEY_KID_STD: float("nan")}
+    cache = {"cache": False}  # nothing is written under ~/.cache/torch
+    if cache_reference:
+        cache = {
+            "cache": True, "cache_root": reference_cache_root(cache_dir),
+            "input2_cache_name": reference_cache_name(input2.images, extractor, inception_weights=inception_weights, name=reference_name),
+        }
     out = torch_fidelity.calculate_metrics(
         input1=input1,
         input2=input2,
@@ -185,9 +235,9 @@ def image_metrics(samples01, reference01, *, extractor: str = "digits", inceptio
         batch_size=batch_size,
         cuda=torch.cuda.is_available() if cuda is None else cuda,
         save_cpu_ram=True,  # DataLoader without worker processes: our inputs are in memory already
-        cache=False,  # nothing is written under ~/.cache/torch
         rng_seed=seed,
         verbose=verbose,
+        **cache,
         **fe,
     )
     return fidelity_to_metrics(out)

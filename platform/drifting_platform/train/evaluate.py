@@ -1,7 +1,9 @@
 """End-of-run evaluation: samples from the EMA generator, metrics, sample files.
 
 Image data: FID and KID against the data set through torch-fidelity with the platform's own
-feature extractor (or Inception from a local weights file). 2-D data: MMD against fresh data
+feature extractor (or Inception from a local weights file); the data set's features and
+statistics are computed once and cached (`eval/fidelity.py`), so only the generated samples
+are encoded per evaluation. 2-D data: MMD against fresh data
 and the number of modes covered. Writes `samples.npz` (contract 4) and `samples.png`.
 """
 
@@ -43,7 +45,8 @@ def evaluate_run(cfg: Config, dataset, generator: torch.nn.Module, out: Path, *,
         from ..config import expand_path
 
         weights = expand_path(e.inception_weights, "eval.inception_weights") if e.extractor == "inception" else None
-        m = image_metrics(torch.from_numpy(samples), torch.from_numpy(reference), extractor=e.extractor, inception_weights=weights)
+        # the reference statistics are cached per data set + extractor + sample count
+        m = image_metrics(torch.from_numpy(samples), torch.from_numpy(reference), extractor=e.extractor, inception_weights=weights, reference_name=dataset.name)
         metrics.update({k: float(v) for k, v in m.items()})
         if cfg.data.name == "digits":
             # an independent check: an sklearn classifier that shares nothing with the FID
