@@ -102,6 +102,25 @@ def test_digits_shapes_range_classes(size):
     torch.testing.assert_close(ds.from_output(out), ds.x)
 
 
+def test_digits_are_read_without_importing_sklearn():
+    """The digits come from scikit-learn's bundled CSV, read directly: identical arrays, and
+    a training run does not pay scikit-learn's import before its first step."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from drifting_platform.data.images import digits_images_and_labels
+
+    images, target = digits_images_and_labels()
+    sk = load_digits()
+    assert images.dtype == sk.images.dtype and target.dtype == sk.target.dtype
+    np.testing.assert_array_equal(images, sk.images)
+    np.testing.assert_array_equal(target, sk.target)
+    code = "import sys; from drifting_platform.data import build_dataset; build_dataset('digits'); print('sklearn' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
 def test_image_to_output_clamps_and_limit():
     ds = build_dataset("digits", limit=50)
     assert len(ds) == 50 and ds.x.shape == (50, 1, 8, 8)

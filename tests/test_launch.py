@@ -6,6 +6,7 @@ Real Ray (a local 2-CPU instance started here, never an existing cluster) and re
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 from pathlib import Path
 
@@ -152,6 +153,20 @@ def test_cli_preset_and_overrides(tmp_path):
 
 
 # --------------------------------------------------------------------------- with Ray
+
+
+def test_make_trainer_polls_ray_train_quickly_unless_told(tmp_path, monkeypatch):
+    """Ray Train V2 waits for its controller's poll (2 s by default) on every report,
+    checkpoint and at the end; make_trainer sets a short interval unless the user chose one."""
+    from drifting_platform.launch import ray_train
+
+    cfg = load_config(DIGITS, "smoke")
+    monkeypatch.delenv(ray_train.POLL_ENV, raising=False)
+    ray_train.make_trainer(cfg, tmp_path / "a")
+    assert os.environ[ray_train.POLL_ENV] == ray_train.POLL_INTERVAL_S == "0.25"
+    monkeypatch.setenv(ray_train.POLL_ENV, "1.5")
+    ray_train.make_trainer(cfg, tmp_path / "b")
+    assert os.environ[ray_train.POLL_ENV] == "1.5"
 
 
 def _generator_state(path: Path) -> dict:

@@ -34,16 +34,38 @@ def _images01_to_dataset(x01: torch.Tensor, y: torch.Tensor, num_classes: int, n
     return Dataset(x, y, num_classes, "image", name, tuple(x.shape[1:]))
 
 
+def digits_images_and_labels() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits as (images float64 [1797, 8, 8] in 0..16, labels [1797]).
+
+    Read straight from the CSV file that ships inside scikit-learn (what
+    `sklearn.datasets.load_digits` parses), without importing scikit-learn: its import takes
+    seconds, and every digits run would pay them before its first step. Falls back to
+    `load_digits` when the file is not where scikit-learn keeps it.
+    """
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")  # locates the package without importing it
+    for root in (spec.submodule_search_locations or []) if spec is not None else []:
+        path = os.path.join(root, "datasets", "data", "digits.csv.gz")
+        if os.path.isfile(path):
+            with gzip.open(path, mode="rt", encoding="utf-8") as fh:
+                data = np.loadtxt(fh, delimiter=",")
+            return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
+    from sklearn.datasets import load_digits as _sk_load_digits
+
+    d = _sk_load_digits()
+    return d.images, d.target
+
+
 def load_digits(size: Optional[int] = None, *, limit: Optional[int] = None) -> Dataset:
     """scikit-learn's 1797 8x8 handwritten digits (10 classes), values 0..16 -> [0, 1].
 
     size: side length to resize to (bilinear, e.g. 16 or 32); None keeps 8x8.
     """
-    from sklearn.datasets import load_digits as _sk_load_digits
-
-    d = _sk_load_digits()
-    x01 = torch.from_numpy(np.asarray(d.images, dtype=np.float32) / 16.0).unsqueeze(1)  # [1797, 1, 8, 8]
-    y = torch.from_numpy(np.asarray(d.target, dtype=np.int64))
+    images, target = digits_images_and_labels()
+    x01 = torch.from_numpy(np.asarray(images, dtype=np.float32) / 16.0).unsqueeze(1)  # [1797, 1, 8, 8]
+    y = torch.from_numpy(np.asarray(target, dtype=np.int64))
     if limit is not None:
         limit = check_positive_int(limit, "limit")
         x01, y = x01[:limit], y[:limit]
