@@ -2,13 +2,14 @@
 
 What is measured: the real training loop (`training_loop`, digits at 32x32, class-conditional
 with CFG, 10 classes x 16 generated / 16 positive + 8 unconditional samples per step: the
-encoder ablation's local setting) run twice from the same seed, once with
-`train.feature_bank=false` (positives and unconditional negatives go through the frozen
-encoder every step) and once with `train.feature_bank=true` (their features are computed
-once before the first step and indexed per step). Steps/s is the loop's own
-`steps_per_sec` of each log window (metrics.jsonl); the first window (warm-up) is dropped
-and the median of the others is reported. Bank build time is outside the step rate and
-reported in the note. Both runs must end with the same generator (checked with
+encoder ablation's local setting) from the same seed with `train.feature_bank=false`
+(positives and unconditional negatives go through the frozen encoder every step) and with
+`train.feature_bank=true` (their features are computed once before the first step and
+indexed per step). Steps/s is the loop's own `steps_per_sec` of each log window
+(metrics.jsonl); the first window (warm-up) is dropped. Each setting runs twice, in the
+order off, on, on, off (this machine's speed drifts between runs), and the median over both
+runs' windows is reported. Bank build time is outside the step rate and reported in the
+note. Runs with and without the bank must end with the same generator (checked with
 torch.testing.assert_close; the largest difference is reported).
 
 Encoders: the MAE-w32 architecture of the encoder ablation (a ResNet, widths 32/64/128,
@@ -64,17 +65,17 @@ def _config(encoder: list[str], *, steps: int, log_every: int, bank: bool):
     ])
 
 
-def _steady_rate(run_dir: Path) -> float:
+def _windows(run_dir: Path) -> list[float]:
     rates = [json.loads(line)["steps_per_sec"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return statistics.median(rates[1:] if len(rates) > 1 else rates)
+    return rates[1:] if len(rates) > 1 else rates  # the first window is warm-up
 
 
-def _train(cfg, run_dir: Path) -> tuple[float, dict, dict]:
+def _train(cfg, run_dir: Path) -> tuple[list[float], dict, dict]:
     from drifting_platform.train import training_loop
     from drifting_platform.train.checkpoint import load_checkpoint
 
     summary = training_loop(cfg, run_dir, progress=False, evaluate=False, resume=False)
-    return _steady_rate(run_dir), summary, load_checkpoint(run_dir / "checkpoint.pt")["generator"]
+    return _windows(run_dir), summary, load_checkpoint(run_dir / "checkpoint.pt")["generator"]
 
 
 def _max_diff(a: dict, b: dict) -> float:
@@ -132,7 +133,7 @@ def _profile(cfg, reps: int = 3) -> dict:
 
 def run(quick: bool = False) -> list[dict]:
     threads_before = torch.get_num_threads()
-    steps, log_every = (12, 4) if quick else (25, 5)
+    steps, log_every = (12, 4) if quick else (16, 4)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-features-") as tmp:
         tmp = Path(tmp)
@@ -142,15 +143,26 @@ def run(quick: bool = False) -> list[dict]:
             cases.append(("random CNN encoder (32/64, first stride 2)", ["encoder.name=random_cnn", "encoder.kwargs={widths: [32, 64], first_stride: 2}"]))
         try:
             for i, (label, enc) in enumerate(cases):
-                off_rate, _, w_off = _train(_config(enc, steps=steps, log_every=log_every, bank=False), tmp / f"off{i}")
-                on_rate, summary, w_on = _train(_config(enc, steps=steps, log_every=log_every, bank=True), tmp / f"on{i}")
-                diff = _max_diff(w_on, w_off)
+                # off, on, on, off (without quick): the machine's speed drifts between runs, so
+                # each setting's windows are pooled over runs placed symmetrically in time
+                order = [False, True] if quick else [False, True, True, False]
+                windows: dict[bool, list[float]] = {False: [], True: []}
+                weights: dict[bool, dict] = {}
+                for j, bank in enumerate(order):
+                    got, summ, w = _train(_config(enc, steps=steps, log_every=log_every, bank=bank), tmp / f"{i}-{j}-{bank}")
+                    windows[bank] += got
+                    weights.setdefault(bank, w)
+                    if bank:
+                        summary = summ
+                off_rate, on_rate = statistics.median(windows[False]), statistics.median(windows[True])
+                diff = _max_diff(weights[True], weights[False])
                 fb = summary["feature_bank"]
                 saved_ms = 1e3 / off_rate - 1e3 / on_rate
                 note = (
                     f"same results: max |param diff| {diff:.1e} after {steps} steps; bank {fb['megabytes']:.0f} MB built in "
                     f"{fb['build_seconds']:.2f} s (pays off after ~{fb['build_seconds'] * 1e3 / max(saved_ms, 1e-9):.0f} steps); "
-                    f"step {1e3 / off_rate:.0f} -> {1e3 / on_rate:.0f} ms; {THREADS} thread"
+                    f"step {1e3 / off_rate:.0f} -> {1e3 / on_rate:.0f} ms (median of {len(windows[False])} / {len(windows[True])} windows "
+                    f"of {log_every} steps over {len(order) // 2} run(s) each); {THREADS} thread"
                 )
                 if not quick:
                     prof = _profile(_config(enc, steps=steps, log_every=log_every, bank=False))

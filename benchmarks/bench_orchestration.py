@@ -3,7 +3,7 @@ Ray Train (1 and 2 workers) and inside a Ray Tune trial, measured in one run.
 
 Config: digits 8x8 (the digits config's conv-s generator and random CNN encoder),
 class-conditional with CFG, 10 classes x 16 generated / 16 positive + 8 unconditional
-samples per step (the encoder ablation's batch), 50 steps with metrics every 10 (the loop's
+samples per step (the encoder ablation's batch), 80 steps with metrics every 10 (the loop's
 reporter hook, i.e. `ray.train.report` / `tune.report`, ~1 report/s), no intermediate
 checkpoints or quick evaluations; the final checkpoint is written (and, on Ray Train,
 reported).
@@ -98,7 +98,7 @@ def _plain(tmp: Path, steps, log_every, threads, tag: str = "") -> dict:
 def _pooled(a: dict, b: dict) -> dict:
     """Two plain-loop runs bracketing the launcher runs: steps/s = median of all their
     windows (this machine's speed drifts by ~10% between runs); first-step time of the first."""
-    return {**a, "steps_per_sec": statistics.median(a["windows"] + b["windows"])}
+    return {**a, "windows": a["windows"] + b["windows"], "steps_per_sec": statistics.median(a["windows"] + b["windows"])}
 
 
 def _ray_train(tmp: Path, steps, log_every, workers) -> dict:
@@ -145,7 +145,7 @@ def run(quick: bool = False) -> list[dict]:
 
     from drifting_platform.launch.cluster import ray_init_for_sweep
 
-    steps, log_every = (20, 5) if quick else (50, 10)
+    steps, log_every = (20, 5) if quick else (80, 10)
     threads_before = torch.get_num_threads()
     rows: list[dict] = []
     started_ray = not ray.is_initialized()
@@ -182,7 +182,8 @@ def run(quick: bool = False) -> list[dict]:
             f"time to first step {ours['first_step']:.1f} s vs {plain1a['first_step']:.1f} s in process "
             f"(launch {ours['launch']:.1f} s + loop setup and step {ours['loop_first_step']:.1f} s); "
             f"fixed overhead per run {ours['overhead']:.1f} s (wall {ours['wall']:.1f} s - loop {ours['loop_seconds']:.1f} s); "
-            f"ray.init {ray_init_s:.1f} s once, not counted"
+            f"ray.init {ray_init_s:.1f} s once, not counted; log windows {min(ours['windows']):.1f}-{max(ours['windows']):.1f} "
+            f"vs {min(base['windows']):.1f}-{max(base['windows']):.1f} steps/s"
         )
         if "second" in ours:
             sec = ours["second"]
