@@ -43,10 +43,10 @@ _SCALE_FLOOR = 1e-3  # the feature scale never goes below this (collapsed / tiny
 _AFFINITY_FLOOR = 1e-6  # softmax_row * softmax_col is floored before the sqrt
 _SELF_DISTANCE = 100.0  # added to a generated sample's normalised distance to itself
 _RMS_FLOOR = 1e-8  # floor on a temperature's mean squared force before dividing by its root
-# rows of the [B, C_g, N] kernel are processed in chunks of about this many elements, so that
+# rows of the [B, C_g, N] kernel are processed in chunks of about this many elements (4 MB), so that
 # the elementwise passes of a chunk stay in the CPU's cache and the working memory is the
 # same for any number of temperatures
-_CHUNK_ELEMS = 1 << 18
+_CHUNK_ELEMS = 1 << 20
 _EXP_MIN = -80.0  # exponents are clipped here: exp(-80) ~ 2e-35 is still a normal float32
 
 
