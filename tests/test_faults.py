@@ -346,7 +346,7 @@ def test_killed_sweep_driver_resumes_without_rerunning_and_failures_stay_failed(
         rows:
           - {{name: quick, set: {{train.steps: 10}}}}
           - {{name: diverges, set: {{train.steps: 10, train.lr: 1.0e+30, train.grad_clip: 1.0e+30, train.warmup_steps: 0}}}}
-          - {{name: long, set: {{train.steps: 120}}}}
+          - {{name: long, set: {{train.steps: 200}}}}
         resources: {{cpus_per_trial: 1, workers: 1}}
         max_concurrent: 1
         metric: {{name: fid, mode: min}}
@@ -365,7 +365,9 @@ def test_killed_sweep_driver_resumes_without_rerunning_and_failures_stay_failed(
             time.sleep(0.2)
         long_dir = next(d for d in dirs if d.name.endswith("long"))
         _wait_for_step(long_dir / "metrics.jsonl", 30, proc)
-        os.kill(proc.pid, signal.SIGKILL)  # the driver dies; its local Ray goes with it
+        # the driver and the local Ray it started die at once (SIGKILL to the process
+        # group: a lost machine or a killed job); the trial must not get to finish
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
     finally:
         if proc.poll() is None:
@@ -399,8 +401,8 @@ def test_killed_sweep_driver_resumes_without_rerunning_and_failures_stay_failed(
     assert tr.metric_history(after[quick_dir.name].info.run_id, "loss") == quick_hist
     long_run = after[long_dir.name]
     assert long_run.info.status == "FINISHED"
-    assert [s for s, _ in tr.metric_history(long_run.info.run_id, "loss")] == list(range(5, 121, 5))
-    assert _steps(long_dir / "metrics.jsonl") == list(range(5, 121, 5))
+    assert [s for s, _ in tr.metric_history(long_run.info.run_id, "loss")] == list(range(5, 201, 5))
+    assert _steps(long_dir / "metrics.jsonl") == list(range(5, 201, 5))
     # the trial that fails for good: FAILED with the step and the metric, the others went on
     bad = after[bad_dir.name]
     assert bad.info.status == "FAILED"
@@ -422,7 +424,7 @@ def test_killed_optuna_sweep_resumes_its_study(tmp_path):
         space:
           train.lr: {{loguniform: [1.0e-4, 1.0e-3]}}
           sampling.n_pos: {{choice: [8, 16]}}
-        set: [train.steps=80, train.log_every=5, train.ckpt_every=10, eval.num_samples=100]
+        set: [train.steps=160, train.log_every=5, train.ckpt_every=10, eval.num_samples=100]
         resources: {{cpus_per_trial: 1, workers: 1}}
         max_concurrent: 1
         metric: {{name: fid, mode: min}}
@@ -445,7 +447,7 @@ def test_killed_optuna_sweep_resumes_its_study(tmp_path):
             time.sleep(0.2)
         assert second is not None
         _wait_for_step(second / "metrics.jsonl", 20, proc)
-        os.kill(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
     finally:
         if proc.poll() is None:
@@ -467,4 +469,4 @@ def test_killed_optuna_sweep_resumes_its_study(tmp_path):
     assert len(parents) == 1 and tr.get_run(parents[0].info.run_id).info.status == "FINISHED"
     assert sorted(children) == sorted(d.name for d in dirs)  # one child run per point, none twice
     assert all(c.info.status == "FINISHED" for c in children.values())
-    assert [s for s, _ in tr.metric_history(children[second.name].info.run_id, "loss")] == list(range(5, 81, 5))
+    assert [s for s, _ in tr.metric_history(children[second.name].info.run_id, "loss")] == list(range(5, 161, 5))
