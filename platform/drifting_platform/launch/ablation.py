@@ -1,0 +1,49 @@
+"""The `python experiments/ablate_*.py` entry point: one sweep file, then its report.
+
+Each ablation script is its docstring plus `ablation_main(SWEEP, __doc__)`: it runs the
+sweep (inside a Ray job on the job's cluster, otherwise on a local Ray), prints the table
+with the paper's values beside, writes it as Markdown, CSV and a plot, and says where the
+runs are. Exit status: 0, 1 when a trial failed, 2 for a bad sweep / config or an
+unreachable tracking store (nothing started).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional
+
+
+def ablation_main(sweep: Path, doc: str, argv: Optional[list[str]] = None) -> int:
+    name = Path(sweep).stem
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="local", help=f"smoke | local (default) | any preset of {Path(sweep).name}")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help="override for every row's config")
+    parser.add_argument("--resume", action="store_true", help=f"continue the latest {name} sweep")
+    parser.add_argument("--out", default=None, help="where the report files go (default ~/.drifting_platform/reports)")
+    args = parser.parse_args(argv)
+
+    from ..config import ConfigError
+    from ..reports import write_report
+    from ..tracking import TrackingUnavailable, tracking_uri
+    from .sweep import run_sweep
+
+    try:
+        result = run_sweep(sweep, preset=args.preset, overrides=args.overrides, resume=args.resume)
+    except ConfigError as exc:
+        print(f"bad sweep or config: {exc}", file=sys.stderr)
+        return 2
+    except TrackingUnavailable as exc:
+        print(f"tracking store: {exc}", file=sys.stderr)
+        return 2
+    report = write_report(result.experiment, args.out)
+    print()
+    print(report["table_markdown"])
+    print()
+    for kind, path in report["paths"].items():
+        print(f"{kind}: {path}")
+    print(f"trial directories: {result.sweep_dir}")
+    print(f"MLflow store: {tracking_uri()}")
+    print(f"open the MLflow UI:  .venv/bin/drifting-platform ui   (http://127.0.0.1:5000, experiment '{result.experiment}')")
+    return 1 if any(t.status == "FAILED" for t in result.trials) else 0
