@@ -15,7 +15,6 @@ forward+backward in a fresh subprocess per case).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -178,8 +177,6 @@ def run(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser()
-    p.add_argument("--quick", action="store_true")
-    a = p.parse_args()
-    for r in run(a.quick):
-        print(json.dumps(r))
+    from _common import main
+
+    main(run)

@@ -20,8 +20,6 @@ What is measured (CPU, a fixed number of torch threads, reported):
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
 import statistics
@@ -150,8 +148,6 @@ def run(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser()
-    p.add_argument("--quick", action="store_true")
-    a = p.parse_args()
-    for r in run(a.quick):
-        print(json.dumps(r))
+    from _common import main
+
+    main(run)

@@ -25,7 +25,6 @@ ratio (Amdahl: the bank removes only the data samples' encoder passes).
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
@@ -179,8 +178,6 @@ def run(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser()
-    p.add_argument("--quick", action="store_true")
-    a = p.parse_args()
-    for r in run(a.quick):
-        print(json.dumps(r))
+    from _common import main
+
+    main(run)

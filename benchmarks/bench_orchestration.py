@@ -38,7 +38,6 @@ only the plain loop and the Tune trial run (Ray Train's worker start-up alone is
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -202,8 +201,6 @@ def run(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser()
-    p.add_argument("--quick", action="store_true")
-    a = p.parse_args()
-    for r in run(a.quick):
-        print(json.dumps(r))
+    from _common import main
+
+    main(run)

@@ -335,6 +335,34 @@ def test_killed_ray_train_worker_is_replaced_and_history_stays_continuous(tmp_pa
     assert [s for s, _ in tr.metric_history(run.info.run_id, "fid")] == [60]
 
 
+def _kill_sweep_mid_trial(cmd: list, tmp_path: Path, pick, *, step: int, timeout: float = 240) -> Path:
+    """Start the sweep `cmd`, wait until `pick(trial dirs)` names a trial and that trial has
+    logged `step`, then SIGKILL the driver's whole process group (the driver and the local
+    Ray it started die at once: a lost machine or a killed job; the trial must not get to
+    finish) and reap what Ray leaves behind. Returns the interrupted trial's directory."""
+    out_root = Path(cmd[cmd.index("--out-root") + 1])
+    ray_before = _ray_pids()
+    proc = subprocess.Popen(cmd, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        t0 = time.time()
+        target = None
+        while target is None and time.time() - t0 < timeout:
+            target = pick([p.parent for p in out_root.rglob("trial.json")])
+            if proc.poll() is not None:
+                raise AssertionError(proc.stdout.read())
+            if target is None:
+                time.sleep(0.2)
+        assert target is not None
+        _wait_for_step(target / "metrics.jsonl", step, proc)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    _reap(ray_before)
+    return target
+
+
 @pytest.mark.slow
 def test_killed_sweep_driver_resumes_without_rerunning_and_failures_stay_failed(tmp_path):
     sweep = tmp_path / "resume.yaml"
@@ -353,26 +381,7 @@ def test_killed_sweep_driver_resumes_without_rerunning_and_failures_stay_failed(
     """))
     out_root = tmp_path / "sweeps"
     cmd = [CLI, "sweep", str(sweep), "--out-root", str(out_root), "--no-report"]
-    ray_before = _ray_pids()
-    proc = subprocess.Popen(cmd, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        t0 = time.time()
-        dirs = []
-        while time.time() - t0 < 240 and not any(d.name.endswith("long") for d in dirs):
-            dirs = [p.parent for p in out_root.rglob("trial.json")]
-            if proc.poll() is not None:
-                raise AssertionError(proc.stdout.read())
-            time.sleep(0.2)
-        long_dir = next(d for d in dirs if d.name.endswith("long"))
-        _wait_for_step(long_dir / "metrics.jsonl", 30, proc)
-        # the driver and the local Ray it started die at once (SIGKILL to the process
-        # group: a lost machine or a killed job); the trial must not get to finish
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    _reap(ray_before)
+    long_dir = _kill_sweep_mid_trial(cmd, tmp_path, lambda dirs: next((d for d in dirs if d.name.endswith("long")), None), step=30)
     sweep_dir = long_dir.parent
     quick_dir = next(d for d in sweep_dir.iterdir() if d.name.endswith("quick"))
     bad_dir = next(d for d in sweep_dir.iterdir() if d.name.endswith("diverges"))
@@ -431,29 +440,14 @@ def test_killed_optuna_sweep_resumes_its_study(tmp_path):
     """))
     out_root = tmp_path / "sweeps"
     cmd = [CLI, "sweep", str(sweep), "--out-root", str(out_root), "--no-report"]
-    ray_before = _ray_pids()
-    proc = subprocess.Popen(cmd, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        t0 = time.time()
-        second = None
-        while second is None and time.time() - t0 < 300:
-            dirs = [p.parent for p in out_root.rglob("trial.json")]
-            done = [d for d in dirs if (d / "summary.json").exists()]
-            running = [d for d in dirs if not (d / "summary.json").exists()]
-            if done and running:
-                second = running[0]
-            if proc.poll() is not None:
-                raise AssertionError(proc.stdout.read())
-            time.sleep(0.2)
-        assert second is not None
-        _wait_for_step(second / "metrics.jsonl", 20, proc)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    _reap(ray_before)
-    first = done[0]
+
+    def second_point(dirs):  # the first unfinished point once one point has finished
+        if not any((d / "summary.json").exists() for d in dirs):
+            return None
+        return next((d for d in dirs if not (d / "summary.json").exists()), None)
+
+    second = _kill_sweep_mid_trial(cmd, tmp_path, second_point, step=20, timeout=300)
+    first = next(d.parent for d in out_root.rglob("trial.json") if d.parent != second and (d.parent / "summary.json").exists())
     first_summary = (first / "summary.json").read_bytes()
     ckpt_step = load_checkpoint(second)["step"]
 
