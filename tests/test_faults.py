@@ -226,19 +226,19 @@ def _wait_for_step(path: Path, step: int, proc: subprocess.Popen, timeout: float
     raise AssertionError(f"{path} did not reach step {step} in {timeout} s")
 
 
-def _ray_train_workers() -> list[tuple[int, str]]:
-    """(pid, command line) of the live Ray Train worker processes on this machine (/proc)."""
-    found = []
+def _cmdlines():
+    """(pid, command line bytes) of every live process on this machine, from /proc."""
     for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if "RayTrainWorker" in cmd:
-            found.append((int(d.name), cmd))
-    return found
+        if d.name.isdigit():
+            try:
+                yield int(d.name), (d / "cmdline").read_bytes()
+            except OSError:
+                continue
+
+
+def _ray_train_workers() -> list[tuple[int, str]]:
+    """(pid, command line) of the live Ray Train worker processes on this machine."""
+    return [(pid, cmd.replace(b"\0", b" ").decode(errors="replace")) for pid, cmd in _cmdlines() if b"RayTrainWorker" in cmd]
 
 
 def _gone(pid: int, timeout: float = 10) -> bool:
@@ -257,16 +257,7 @@ def _gone(pid: int, timeout: float = 10) -> bool:
 
 def _ray_pids() -> set[int]:
     """Live Ray processes on this machine (raylet, GCS, agents, workers)."""
-    out = set()
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                cmd = (d / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if cmd.startswith(b"ray::") or b"/ray/" in cmd:
-                out.add(int(d.name))
-    return out
+    return {pid for pid, cmd in _cmdlines() if cmd.startswith(b"ray::") or b"/ray/" in cmd}
 
 
 def _reap(before: set[int]) -> None:
