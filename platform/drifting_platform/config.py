@@ -44,6 +44,10 @@ class DataConfig:
 class ModelConfig:
     name: str = "mlp"  # a key of drifting_platform.models.GENERATORS
     kwargs: dict = field(default_factory=dict)  # passed to the generator factory
+    # release-* generators: initialise architecture and weights from a released artifact
+    # (a folder with ema_params.msgpack + metadata.json, `hf://NAME`, or a folder written by
+    # `drifting-platform release convert`); model.kwargs must then be empty
+    init: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -51,12 +55,16 @@ class EncoderConfig:
     name: str = "pixel"  # a key of drifting_platform.encoders.ENCODERS
     kwargs: dict = field(default_factory=dict)  # passed to the encoder factory
     # learned encoders (simclr, moco, mae, learned): models:/NAME/VERSION (MLflow registry,
-    # also /latest or @alias) or a local directory written by `drifting-platform pretrain`
+    # also /latest or @alias) or a local directory written by `drifting-platform pretrain`;
+    # release_mae: a release artifact folder, `hf://NAME` (e.g. hf://mae_latent_256), a
+    # converted folder, or a `pretrain` run of objective release_mae (no source: random weights)
     source: Optional[str] = None
 
 
 # encoder names that load pre-trained weights from encoder.source (encoders/learned.py)
 LEARNED_ENCODERS = ("learned", "simclr", "moco", "mae")
+# encoders whose weights may come from encoder.source but need not (random weights without)
+OPTIONAL_SOURCE_ENCODERS = ("release_mae",)
 
 
 @dataclass(frozen=True)
@@ -246,8 +254,13 @@ def validate(cfg: Config) -> Config:
     d, s, t, c, e = cfg.drift, cfg.sampling, cfg.train, cfg.cfg, cfg.eval
     if cfg.encoder.name in LEARNED_ENCODERS and not cfg.encoder.source:
         raise ConfigError(f"encoder.source: encoder {cfg.encoder.name!r} loads pre-trained weights; give models:/NAME/VERSION or a local directory")
-    if cfg.encoder.source and cfg.encoder.name not in LEARNED_ENCODERS:
-        raise ConfigError(f"encoder.source: encoder {cfg.encoder.name!r} takes no weights (learned encoders: {', '.join(LEARNED_ENCODERS)})")
+    if cfg.encoder.source and cfg.encoder.name not in LEARNED_ENCODERS + OPTIONAL_SOURCE_ENCODERS:
+        raise ConfigError(f"encoder.source: encoder {cfg.encoder.name!r} takes no weights (encoders with weights: {', '.join(LEARNED_ENCODERS + OPTIONAL_SOURCE_ENCODERS)})")
+    if cfg.model.init is not None:
+        if not cfg.model.name.startswith("release"):
+            raise ConfigError(f"model.init: only the release generators (release-*) load released weights; model.name is {cfg.model.name!r}")
+        if cfg.model.kwargs:
+            raise ConfigError(f"model.kwargs: the artifact in model.init fixes the architecture; remove {sorted(cfg.model.kwargs)}")
     if not d.temperatures:
         raise ConfigError("drift.temperatures: at least one temperature is needed")
     for i, tau in enumerate(d.temperatures):

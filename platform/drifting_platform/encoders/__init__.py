@@ -9,8 +9,9 @@ from .multiscale import STD_EPS, multiscale_features
 from .pixel import PixelEncoder
 from .random_cnn import RandomCNNEncoder
 from .learned import LEARNED_NAMES, LearnedEncoder
+from .release_mae import ReleaseMAE, ReleaseMAEEncoder
 
 __all__ = [
-    "ENCODERS", "LEARNED_NAMES", "STD_EPS", "Encoder", "LearnedEncoder", "PixelEncoder", "RandomCNNEncoder",
+    "ENCODERS", "LEARNED_NAMES", "STD_EPS", "Encoder", "LearnedEncoder", "PixelEncoder", "RandomCNNEncoder", "ReleaseMAE", "ReleaseMAEEncoder",
     "build_encoder", "multiscale_features", "register_encoder",
 ]

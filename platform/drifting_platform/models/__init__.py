@@ -9,8 +9,9 @@ from .conv import ConvGenerator, FiLMBlock, start_resolution
 from .dit import DiTBlock, DiTGenerator
 from .mlp import MLPGenerator
 from .registry import GENERATORS, build_generator
+from .release_dit import ReleaseDiTGenerator
 
 __all__ = [
     "ConditionEmbedding", "ConvGenerator", "DiTBlock", "DiTGenerator", "FiLMBlock", "GENERATORS",
-    "Generator", "MLPGenerator", "build_generator", "fourier_features", "start_resolution",
+    "Generator", "MLPGenerator", "ReleaseDiTGenerator", "build_generator", "fourier_features", "start_resolution",
 ]

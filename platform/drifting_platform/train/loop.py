@@ -71,10 +71,29 @@ def build_model(cfg: Config, dataset) -> torch.nn.Module:
     from ..models import build_generator
 
     torch.manual_seed(cfg.seed)
+    if cfg.model.init:
+        return release_generator(cfg.model.init, dataset)
     try:
         return build_generator(cfg.model.name, data_shape=tuple(dataset.shape), num_classes=dataset.num_classes, **cfg.model.kwargs)
     except TypeError as exc:
         raise config_lib.ConfigError(f"model.kwargs: {exc}") from None
+
+
+def release_generator(init: str, dataset) -> torch.nn.Module:
+    """The generator of a released artifact (model.init), checked against the data set."""
+    from ..release import ReleaseError, load_release
+
+    try:
+        gen, meta = load_release(init, kind="gen")
+    except ReleaseError as exc:
+        raise config_lib.ConfigError(f"model.init: {exc}") from None
+    if tuple(gen.data_shape) != tuple(dataset.shape):
+        raise config_lib.ConfigError(f"model.init: {init} generates {tuple(gen.data_shape)}, the data set {dataset.name!r} has samples {tuple(dataset.shape)}")
+    if gen.config["num_classes"] < dataset.num_classes:
+        raise config_lib.ConfigError(f"model.init: {init} embeds {gen.config['num_classes']} classes, the data set has {dataset.num_classes}")
+    gen.num_classes = int(dataset.num_classes)
+    gen.release_identity = meta["identity"]  # recorded in summary.json and by the trackers
+    return gen.train()
 
 
 def build_components(cfg: Config, device: torch.device | str = "cpu"):
@@ -372,8 +391,10 @@ def training_loop(
     # overhead against it; a dict, so trackers do not log it as a metric
     summary["timing"] = {"loop_started_at": round(t0, 3)}
     summary["feature_bank"] = bank_info
-    if hasattr(encoder, "provenance"):  # learned encoders: which registered version was used
+    if hasattr(encoder, "provenance"):  # learned / release encoders: which artifact was used
         summary["encoder"] = encoder.provenance()
+    if getattr(generator, "release_identity", None):  # model.init: which released weights
+        summary["model_init"] = dict(generator.release_identity)
     if main and evaluate:
         from .evaluate import evaluate_run
 
