@@ -21,7 +21,10 @@ Runs
     parent run (tags ``drifting.sweep=true``, ``drifting.sweep_name``); each trial is one
     child run (tag ``mlflow.parentRunId``). Every write is retried while SQLite says
     "database is locked" (backoff, a few seconds at most). Params never carry credentials:
-    keys that look like secrets are dropped and ``user:password@`` in URLs is masked.
+    keys that look like secrets are dropped and ``user:password@`` in URLs is masked. Uploading
+    a run's ``summary.json`` also tags the artifacts it used (``artifact_tags``:
+    ``drifting.model_init`` / ``_sha256`` for ``model.init``, ``drifting.encoder_source`` /
+    ``drifting.encoder_sha256`` for the encoder).
 
 ``track_run`` records a single ``train`` run; ``serve_ui`` / ``ui_command`` run the MLflow UI
 bound to 127.0.0.1.
@@ -414,6 +417,10 @@ class SweepTracker:
         single_dir = isinstance(paths, (str, os.PathLike)) and Path(paths).is_dir()
         items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         done: list[str] = []
+        # a run's summary.json names the artifacts it used (model.init, encoder source): tag them
+        tags = _summary_file_tags(Path(p) for p in items)
+        if tags:
+            self.set_tags(run_id, tags)
         for item in items:
             p = Path(item)
             if not p.exists():
@@ -626,6 +633,8 @@ def track_run(
         if summary:
             step = int(_as_float(summary.get("steps")) or 0)
             tracker.log_metrics(run_id, summary, step)
+            if artifact_tags(summary):
+                tracker.set_tags(run_id, artifact_tags(summary))
         if run_dir is not None:
             files = [Path(run_dir) / f for f in RUN_DIR_ARTIFACTS if (Path(run_dir) / f).is_file()]
             if files:
@@ -908,6 +917,42 @@ def download_encoder(source: str, *, uri: Optional[str] = None) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+TAG_MODEL_INIT = "drifting.model_init"
+TAG_MODEL_INIT_SHA = "drifting.model_init_sha256"
+TAG_ENCODER_SOURCE = "drifting.encoder_source"
+TAG_ENCODER_SHA = "drifting.encoder_sha256"
+
+
+def artifact_tags(summary: Optional[Mapping[str, Any]]) -> dict[str, str]:
+    """Tags naming the released / learned artifacts a run used, from its summary.json:
+    ``model_init`` (the generator's initial weights: name, sha256) and ``encoder`` (the
+    encoder's provenance: source, sha256)."""
+    tags: dict[str, str] = {}
+    if not isinstance(summary, Mapping):
+        return tags
+    init = summary.get("model_init")
+    if isinstance(init, Mapping) and init.get("name"):
+        tags[TAG_MODEL_INIT] = str(init["name"])
+        if init.get("sha256"):
+            tags[TAG_MODEL_INIT_SHA] = str(init["sha256"])
+    enc = summary.get("encoder")
+    if isinstance(enc, Mapping) and (enc.get("pinned") or enc.get("source")):
+        tags[TAG_ENCODER_SOURCE] = str(enc.get("pinned") or enc["source"])  # registry: the pinned version
+        if enc.get("sha256"):
+            tags[TAG_ENCODER_SHA] = str(enc["sha256"])
+    return tags
+
+
+def _summary_file_tags(paths: Iterable[Path]) -> dict[str, str]:
+    for p in paths:
+        if p.name == "summary.json" and p.is_file():
+            try:
+                return artifact_tags(json.loads(p.read_text()))
+            except (OSError, ValueError):
+                return {}
+    return {}
 
 
 def encoder_version_tags(source: Optional[str], *, uri: Optional[str] = None) -> dict[str, str]:
