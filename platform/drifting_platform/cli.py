@@ -2,6 +2,7 @@
 
     drifting-platform train experiments/configs/digits.yaml --preset local --out runs/digits
     drifting-platform sample runs/digits --num 1000 --out samples.npz --cfg-scale 1.5
+    drifting-platform release convert hf://latent_B_sota --out weights/latent_B_sota
     drifting-platform data export digits --out shards/digits --set size=16
     drifting-platform config show experiments/configs/digits.yaml --preset paper
 
@@ -121,27 +122,85 @@ def pretrain(config: str, out: str | None, preset: str | None, overrides: tuple[
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("run_dir", metavar="RUN_DIR|RELEASE|hf://NAME")
 @click.option("--num", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False))
 @click.option("--cfg-scale", type=click.FloatRange(min=1.0), default=1.0, show_default=True, help="CFG scale alpha (1 = no guidance).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--grid", type=click.Path(dir_okay=False), default=None, help="Also write a picture of the samples.")
+@click.option("--grid", type=click.Path(dir_okay=False), default=None, help="Also write a picture of the samples (image data of 1 or 3 channels).")
 def sample(run_dir: str, num: int, out: str, cfg_scale: float, seed: int, grid: str | None) -> None:
-    """Draw NUM samples (one network evaluation each) from a trained run's EMA generator."""
-    from .train.checkpoint import CheckpointError
-    from .inference import load_run, sample_run
+    """Draw NUM samples (one network evaluation each) from a trained run's EMA generator, or
+    from a released generator: a release artifact folder (ema_params.msgpack + metadata.json),
+    a folder written by `release convert`, or hf://NAME. Released generators sample in their
+    own space with labels balanced over their classes; latent models' samples are SD-VAE
+    latents, which this command does not decode."""
+    from .config import ConfigError
+    from .inference import load_release_run, load_run, sample_release, sample_run
+    from .release import ReleaseError, is_release_source
     from .sampling import write_grid, write_samples
+    from .train.checkpoint import CheckpointError
 
     try:
-        run = load_run(run_dir)
-    except (CheckpointError, ConfigError) as exc:
+        if is_release_source(run_dir):
+            rel = load_release_run(run_dir)
+            samples, labels = sample_release(rel, num, cfg_scale=cfg_scale, seed=seed)
+        else:
+            if not Path(run_dir).is_dir():
+                raise click.ClickException(f"{run_dir}: not a run directory, a release artifact folder, a converted folder or hf://NAME")
+            samples, labels = sample_run(load_run(run_dir), num, cfg_scale=cfg_scale, seed=seed)
+    except (CheckpointError, ConfigError, ReleaseError) as exc:
         raise click.ClickException(str(exc)) from None
-    samples, labels = sample_run(run, num, cfg_scale=cfg_scale, seed=seed)
+    if grid and samples.ndim == 4 and samples.shape[1] not in (1, 3):
+        raise click.ClickException(f"--grid: samples have {samples.shape[1]} channels (latents?); only 1- or 3-channel images can be pictured")
     write_samples(out, samples, labels)
     if grid:
         write_grid(grid, samples, labels)
-    click.echo(f"wrote {num} samples to {out}")
+    click.echo(f"wrote {num} samples {tuple(samples.shape[1:])} to {out}")
+
+
+@main.group()
+def release() -> None:
+    """The authors' released models (Hugging Face Goodeat/drifting): inspect, convert.
+
+    PATH is a release artifact folder (ema_params.msgpack + metadata.json), a folder written
+    by `release convert`, or hf://NAME (huggingface_hub's cache; downloaded there when there
+    is network, read from it offline, HF_HUB_OFFLINE=1 forbids downloads)."""
+
+
+def _release_call(fn, *args):
+    from .release import ReleaseError
+
+    try:
+        return fn(*args)
+    except ReleaseError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@release.command("convert")
+@click.argument("path", metavar="PATH|hf://NAME")
+@click.option("--out", "out", required=True, type=click.Path(), help="Folder for model.safetensors + release.json (created).")
+def release_convert(path: str, out: str) -> None:
+    """Write the weights of a release artifact as safetensors (no pickle) with its config;
+    the folder loads with load_release and works wherever PATH does (model.init, encoder
+    source, sample)."""
+    from .release import CONVERTED_META, CONVERTED_WEIGHTS, convert_release
+
+    dest = _release_call(convert_release, path, out)
+    meta = json.loads((dest / CONVERTED_META).read_text())
+    ident = meta.get("identity", {})
+    click.echo(f"{meta['kind']} model, {meta['parameters']:,} parameters, from {ident.get('name')} (sha256 {ident.get('sha256')})")
+    click.echo(f"wrote {dest / CONVERTED_WEIGHTS} and {dest / CONVERTED_META}")
+
+
+@release.command("info")
+@click.argument("path", metavar="PATH|hf://NAME")
+def release_info(path: str) -> None:
+    """Print an artifact's kind, model_config, parameter count and identity (name, sha256),
+    after reading and checking every parameter."""
+    from .release import parameter_count, read_release
+
+    kind, model_config, state, identity = _release_call(read_release, path)
+    click.echo(json.dumps({"kind": kind, "parameters": parameter_count(state), "model_config": model_config, "identity": identity}, indent=2))
 
 
 @main.command()

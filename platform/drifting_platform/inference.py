@@ -1,4 +1,6 @@
-"""Load a finished (or interrupted) run directory and sample from its EMA generator."""
+"""Load a finished (or interrupted) run directory and sample from its EMA generator; or load
+a released generator (a release artifact folder, a converted folder or hf://NAME) and sample
+from it in its own (model) space."""
 
 from __future__ import annotations
 
@@ -43,3 +45,38 @@ def sample_run(run: Run, num: int, *, cfg_scale: float = 1.0, seed: int = 0, dev
     labels = balanced_labels(num, run.dataset.num_classes)
     x = generate(run.generator, labels, cfg_scale=cfg_scale, seed=seed, device=device)
     return run.dataset.to_output(x).astype(np.float32), labels.numpy().astype(np.int64)
+
+
+# --------------------------------------------------------------------------- released generators
+
+
+@dataclass
+class ReleaseRun:
+    """A released generator (release folder, converted folder or hf://NAME) ready to sample."""
+
+    source: str
+    generator: torch.nn.Module
+    metadata: dict
+
+    @property
+    def num_classes(self) -> int:
+        """Classes to balance samples over: the model's class embeddings, less the
+        unconditional one of the release's ImageNet models (1001 = 1000 classes + null)."""
+        n = int(self.metadata["model_config"].get("num_classes", self.generator.num_classes))
+        return 1000 if n == 1001 else n
+
+
+def load_release_run(source: str | Path, device: str = "cpu") -> ReleaseRun:
+    """Build a released generator via `release.load_release` (a ReleaseError names what is wrong)."""
+    from .release import load_release
+
+    module, meta = load_release(source, kind="gen")
+    return ReleaseRun(source=str(source), generator=module.to(device).eval(), metadata=meta)
+
+
+def sample_release(run: ReleaseRun, num: int, *, cfg_scale: float = 1.0, seed: int = 0, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """(samples float32 [num, C, H, W] in the model's space, labels int64 balanced over its
+    classes). Latent models' samples stay SD-VAE latents: nothing decodes them here."""
+    labels = balanced_labels(num, run.num_classes)
+    x = generate(run.generator, labels, cfg_scale=cfg_scale, seed=seed, device=device)
+    return x.numpy().astype(np.float32), labels.numpy().astype(np.int64)

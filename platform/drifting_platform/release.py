@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -47,6 +48,12 @@ _CHUNKED = "__msgpack_chunked_array__"
 
 class ReleaseError(ValueError):
     """A release artifact that cannot be used; the message names the file or parameter path."""
+
+
+def _one_line(exc: object, limit: int = 300) -> str:
+    """An exception's text on one line (error messages here are one line each)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------- msgpack
@@ -95,10 +102,16 @@ def read_msgpack(path: str | Path) -> dict:
         raw = path.read_bytes()
     except OSError as exc:
         raise ReleaseError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if not raw:
+        raise ReleaseError(f"{path}: empty file, not a flax msgpack parameter file")
     try:
         tree = msgpack.unpackb(raw, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+    except msgpack.exceptions.ExtraData:
+        raise ReleaseError(f"{path}: not a flax msgpack parameter file (its bytes do not form one msgpack value)") from None
     except Exception as exc:  # msgpack raises several unrelated types for bad bytes
-        raise ReleaseError(f"{path}: not a flax msgpack parameter file ({type(exc).__name__}: {exc}); the file may be truncated") from None
+        if "incomplete input" in str(exc):
+            raise ReleaseError(f"{path}: truncated flax msgpack file (the data end early; {len(raw)} bytes read); download or copy it again") from None
+        raise ReleaseError(f"{path}: not a flax msgpack parameter file ({type(exc).__name__}: {_one_line(exc)})") from None
     if not isinstance(tree, dict) or not tree:
         raise ReleaseError(f"{path}: not a flax msgpack parameter file (top level is {type(tree).__name__}, not a parameter tree)")
     tree = _unchunk(tree)
@@ -228,7 +241,10 @@ def state_dict_from_release(module: torch.nn.Module, flat: dict[str, np.ndarray]
     own = module.state_dict()
     out = {}
     for src, (dst, how) in pmap.items():
-        t = _to_torch(flat[src], how)
+        arr = np.asarray(flat[src])
+        if arr.dtype.kind not in "fiub":
+            raise ReleaseError(f"{where}: parameter {src} is not a numeric array (found {type(flat[src]).__name__} of dtype {arr.dtype})")
+        t = _to_torch(arr, how)
         if tuple(t.shape) != tuple(own[dst].shape):
             want = tuple(own[dst].shape)
             if how == _DENSE:
@@ -256,11 +272,11 @@ def build_module(kind: str, model_config: dict, where: str) -> torch.nn.Module:
         if kind == "mae":
             return ReleaseMAE(**cfg)
     except TypeError as exc:
-        raise ReleaseError(f"{where}: model_config does not fit the release {kind} model ({exc})") from None
+        raise ReleaseError(f"{where}: model_config does not fit the release {kind} model ({_one_line(exc)})") from None
     except ValueError as exc:
         if isinstance(exc, ReleaseError):
             raise
-        raise ReleaseError(f"{where}: model_config: {exc}") from None
+        raise ReleaseError(f"{where}: model_config: {_one_line(exc)}") from None
     raise ReleaseError(f"{where}: kind {kind!r} is not one of {list(KINDS)}")
 
 
@@ -278,7 +294,7 @@ def _read_json(path: Path) -> dict:
     except OSError as exc:
         raise ReleaseError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     except json.JSONDecodeError as exc:
-        raise ReleaseError(f"{path}: not valid JSON ({exc})") from None
+        raise ReleaseError(f"{path}: not valid JSON ({_one_line(exc)})") from None
     if not isinstance(meta, dict):
         raise ReleaseError(f"{path}: expected a JSON object")
     return meta
@@ -299,38 +315,55 @@ def _check_meta(meta: dict, path: Path, kind: Optional[str]) -> str:
 
 
 def hf_cache_hint(name: str) -> str:
+    """The command that puts `hf://NAME` into the Hugging Face cache (run where there is network)."""
     return f"hf download {HF_REPO} --include 'models/*/jax/{name}/*'"
 
 
+_HF_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def hf_cache_dir() -> Path:
+    """huggingface_hub's cache folder, read from the environment now (huggingface_hub itself
+    reads it once, at import): $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub."""
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return Path(os.environ[var]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def hf_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def resolve_hf(name: str) -> Path:
-    """The local folder of `hf://NAME`: from huggingface_hub's cache, else downloaded into it."""
+    """The local folder of `hf://NAME`: from huggingface_hub's cache, else (unless
+    HF_HUB_OFFLINE is set) downloaded into it. Only NAME's files are fetched."""
     name = name.strip().strip("/")
-    if not name or "/" in name:
+    if not _HF_NAME_RE.match(name) or ".." in name:
         raise ReleaseError(f"hf://{name}: expected hf://NAME with a release name such as latent_B_sota or mae_latent_256")
-    from huggingface_hub import snapshot_download
-
-    patterns = [f"models/{k}/jax/{name}/*" for k in KINDS]
-    root = None
     try:
-        root = snapshot_download(HF_REPO, allow_patterns=patterns, local_files_only=True)
-    except Exception:
-        root = None
-    found = _hf_folder(root, name) if root else None
-    if found is None and os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("1", "true", "yes", "on"):
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ReleaseError(f"hf://{name}: huggingface_hub is not installed (pip install huggingface_hub)") from None
+
+    cache = hf_cache_dir()
+    patterns = [f"models/{k}/jax/{name}/*" for k in KINDS]
+    found = None
+    try:
+        found = _hf_folder(snapshot_download(HF_REPO, allow_patterns=patterns, local_files_only=True, cache_dir=str(cache)), name)
+    except Exception:  # not cached (LocalEntryNotFoundError and relatives)
+        found = None
+    if found is None and not hf_offline():
         try:
-            root = snapshot_download(HF_REPO, allow_patterns=patterns)
-            found = _hf_folder(root, name)
+            found = _hf_folder(snapshot_download(HF_REPO, allow_patterns=patterns, cache_dir=str(cache)), name)
         except Exception as exc:  # no network, unknown repo, ...
-            raise ReleaseError(f"hf://{name}: not in the Hugging Face cache and it could not be downloaded ({type(exc).__name__}); on a machine with network run: {hf_cache_hint(name)}") from None
+            raise ReleaseError(f"hf://{name}: not in the Hugging Face cache ({cache}) and it could not be downloaded ({type(exc).__name__}); on a machine with network run: {hf_cache_hint(name)}") from None
+        if found is None:
+            raise ReleaseError(f"hf://{name}: {HF_REPO} has no models/gen/jax/{name} or models/mae/jax/{name} (names: latent_L_sota, latent_B_sota, pixel_L_sota, pixel_B_sota, ablation, mae_latent_640, mae_pixel_640, mae_latent_256)")
     if found is None:
-        raise ReleaseError(f"hf://{name}: not in the Hugging Face cache ({_hf_home()}) and downloads are off; on a machine with network run: {hf_cache_hint(name)}")
+        raise ReleaseError(f"hf://{name}: not in the Hugging Face cache ({cache}) and HF_HUB_OFFLINE is set; on a machine with network run: {hf_cache_hint(name)}")
     return found
-
-
-def _hf_home() -> str:
-    from huggingface_hub import constants
-
-    return str(constants.HF_HUB_CACHE)
 
 
 def _hf_folder(root: str | Path, name: str) -> Optional[Path]:
@@ -377,6 +410,8 @@ def read_release(path: str | Path, *, kind: Optional[str] = None) -> tuple[str, 
         name = None
         if not folder.exists():
             raise ReleaseError(f"{path}: no such file or folder")
+        if not folder.is_dir():
+            raise ReleaseError(f"{path}: a file; give the folder holding {RELEASE_PARAMS} and {RELEASE_META} (or {CONVERTED_WEIGHTS} and {CONVERTED_META}), or hf://NAME")
     if (folder / CONVERTED_META).is_file():
         meta = _read_json(folder / CONVERTED_META)
         if meta.get("format") != CONVERTED_FORMAT:
@@ -391,7 +426,7 @@ def read_release(path: str | Path, *, kind: Optional[str] = None) -> tuple[str, 
         except FileNotFoundError:
             raise ReleaseError(f"{weights}: missing (a converted folder holds {CONVERTED_WEIGHTS} and {CONVERTED_META})") from None
         except Exception as exc:
-            raise ReleaseError(f"{weights}: not a safetensors file ({type(exc).__name__}: {exc})") from None
+            raise ReleaseError(f"{weights}: not a safetensors file ({type(exc).__name__}: {_one_line(exc)})") from None
         _check_state(module, state, str(weights))
         identity = dict(meta.get("identity") or {})
         identity.setdefault("name", name or str(folder))
@@ -434,25 +469,34 @@ def load_release(path: str | Path, *, kind: Optional[str] = None) -> tuple[torch
     return module.eval(), {"kind": k, "model_config": model_config, "identity": identity}
 
 
+def parameter_count(state: dict[str, torch.Tensor]) -> int:
+    return int(sum(v.numel() for v in state.values()))
+
+
 def convert_release(path: str | Path, out: str | Path) -> Path:
     """Write `out/model.safetensors` + `out/release.json` for an artifact; nothing is written
-    unless the whole artifact reads and checks."""
+    unless the whole artifact reads and checks (and a folder this call created is removed
+    again if writing fails)."""
     from safetensors.torch import save_file
 
     k, model_config, state, identity = read_release(path)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ReleaseError(f"{out}: exists and is not a folder")
+    created = not out.exists()
+    tmp_w, tmp_m = out / (CONVERTED_WEIGHTS + ".tmp"), out / (CONVERTED_META + ".tmp")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        tmp_w = out / (CONVERTED_WEIGHTS + ".tmp")
         save_file({k_: v.contiguous() for k_, v in state.items()}, str(tmp_w))
         meta = {"format": CONVERTED_FORMAT, "kind": k, "model_config": model_config, "identity": identity,
-                "converted_sha256": sha256_file(tmp_w)}
-        tmp_m = out / (CONVERTED_META + ".tmp")
+                "parameters": parameter_count(state), "converted_sha256": sha256_file(tmp_w)}
         tmp_m.write_text(json.dumps(meta, indent=2) + "\n")
         os.replace(tmp_w, out / CONVERTED_WEIGHTS)
         os.replace(tmp_m, out / CONVERTED_META)
     except OSError as exc:
-        raise ReleaseError(f"{out}: cannot write the converted artifact ({exc.strerror or exc})") from None
+        for t in (tmp_w, tmp_m):
+            t.unlink(missing_ok=True)
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise ReleaseError(f"{out}: cannot write the converted artifact ({exc.strerror or _one_line(exc)})") from None
     return out
