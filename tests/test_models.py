@@ -35,7 +35,7 @@ def perturb_(g, std=0.05):
 
 
 def test_presets_are_the_documented_ones():
-    assert list(GENERATORS) == ["mlp", "conv-s", "conv-m", "dit-s/2", "dit-b/2"]
+    assert list(GENERATORS) == ["mlp", "conv-s", "conv-m", "dit-s/2", "dit-b/2", "release-s/2", "release-b/2", "release-l/2", "release-b/16", "release-l/16"]
     with pytest.raises(ValueError, match=r"unknown generator 'conv-xl'.*conv-s"):
         build_generator("conv-xl", data_shape=(1, 8, 8), num_classes=10)
     with pytest.raises(TypeError):
