@@ -535,6 +535,17 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, gen_copy, monkey
     assert not list(tmp_path.glob("never*"))
 
 
+def test_cli_train_with_a_bad_release_writes_nothing(tmp_path, gen_copy, monkeypatch):
+    (gen_copy / R.RELEASE_PARAMS).write_bytes(b"\x81")  # a map announced, never given
+    out = tmp_path / "run"
+    res = _invoke("train", "digits", "--preset", "smoke", "--set", "model.name=release-s/2", "--set", f"model.init={gen_copy}", "--out", out, "--quiet")
+    _assert_clean_failure(res, "model.init", "truncated")
+    _hf_env(monkeypatch, tmp_path / "empty")
+    res = _invoke("train", "digits", "--preset", "smoke", "--set", "encoder={name: release_mae, source: hf://mae_latent_256, kwargs: {}}", "--out", out, "--quiet")
+    _assert_clean_failure(res, "encoder.source", "hf download Goodeat/drifting")
+    assert not out.exists()
+
+
 def test_cli_error_has_no_traceback_in_a_real_process(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     out = subprocess.run([CLI, "sample", "hf://pixel_B_sota", "--num", "3", "--out", str(tmp_path / "s.npz")], capture_output=True, text=True, env=env)

@@ -43,12 +43,21 @@ def _load(path: str, preset: str | None, overrides: tuple[str, ...]):
 
 def _run_errors() -> tuple:
     """Errors a run stops with that need a message, not a traceback: a refused or unwritable
-    checkpoint, divergence (step and metric), an unreachable tracking store."""
+    checkpoint, divergence (step and metric), an unreachable tracking store, a bad release
+    artifact."""
+    from .release import ReleaseError
     from .tracking import TrackingUnavailable
     from .train.checkpoint import CheckpointError, CheckpointWriteError
     from .train.loop import TrainingDiverged
 
-    return (CheckpointError, CheckpointWriteError, TrainingDiverged, TrackingUnavailable)
+    # ReleaseError: a released encoder source (encoder.source) that cannot be read
+    return (CheckpointError, CheckpointWriteError, TrainingDiverged, TrackingUnavailable, ReleaseError)
+
+
+def _drop_if_empty(path: str, created_here: bool) -> None:
+    p = Path(path)
+    if created_here and p.is_dir() and not any(p.iterdir()):
+        p.rmdir()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -75,6 +84,7 @@ def train(config: str, out: str, preset: str | None, overrides: tuple[str, ...],
         raise click.BadParameter("--gpu needs --workers N (N >= 1)", param_hint="--gpu")
     if storage_path and workers < 1:
         raise click.BadParameter("--storage-path is Ray Train's storage; it needs --workers N (N >= 1)", param_hint="--storage-path")
+    fresh = not Path(out).exists()  # a run refused at the start leaves no empty --out behind
     try:
         if workers:
             from .launch.ray_train import fit_ray
@@ -85,8 +95,10 @@ def train(config: str, out: str, preset: str | None, overrides: tuple[str, ...],
 
             summary = training_loop(cfg, out, resume=not no_resume, progress=not quiet, evaluate=not no_eval)
     except ConfigError as exc:
+        _drop_if_empty(out, fresh)
         raise click.ClickException(f"bad config: {exc}") from None
     except _run_errors() as exc:
+        _drop_if_empty(out, fresh)
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
     click.echo(json.dumps(summary, indent=2))
     click.echo(f"results in {Path(out).resolve()} (summary.json, samples.npz, samples.png, metrics.jsonl, checkpoint.pt)")
@@ -114,6 +126,8 @@ def pretrain(config: str, out: str | None, preset: str | None, overrides: tuple[
         res = run_pretrain(cfg, out, workers=workers, gpu=gpu, register=False if no_register else None, progress=not quiet, resume=not no_resume)
     except ConfigError as exc:
         raise click.ClickException(f"bad config: {exc}") from None
+    except _run_errors() as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
     click.echo(json.dumps(res["summary"], indent=2))
     reg = res["registered"]
     click.echo(f"encoder in {res['out_dir']}/encoder; MLflow run {reg['run_id']}")

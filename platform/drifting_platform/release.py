@@ -109,7 +109,7 @@ def read_msgpack(path: str | Path) -> dict:
     except msgpack.exceptions.ExtraData:
         raise ReleaseError(f"{path}: not a flax msgpack parameter file (its bytes do not form one msgpack value)") from None
     except Exception as exc:  # msgpack raises several unrelated types for bad bytes
-        if "incomplete input" in str(exc):
+        if "incomplete input" in str(exc) or "exceeds max_" in str(exc):  # data, or a declared length, run past the end
             raise ReleaseError(f"{path}: truncated flax msgpack file (the data end early; {len(raw)} bytes read); download or copy it again") from None
         raise ReleaseError(f"{path}: not a flax msgpack parameter file ({type(exc).__name__}: {_one_line(exc)})") from None
     if not isinstance(tree, dict) or not tree:
