@@ -587,3 +587,20 @@ def test_mlflow_records_the_artifacts_a_run_used(tmp_path):
     tags = tracker.get_run(child).data.tags
     assert tags["drifting.model_init"] == "hf://latent_B_sota" and tags["drifting.encoder_source"] == "models:/enc/4"
     assert "drifting.encoder_sha256" not in tags
+
+
+def test_missing_model_config_keys_take_the_release_defaults(tmp_path):
+    # the release's DitGen defaults use_rope to False (ours to True): an artifact whose
+    # model_config leaves it out was built without RoPE and must be loaded without it
+    cfg = {**GEN_BASE, **GEN_CONFIGS[sorted(GEN_CONFIGS)[0]], "use_rope": False}
+    ours = _perturb(R.build_module("gen", cfg, "explicit"), seed=2)
+    short = {k: v for k, v in cfg.items() if k != "use_rope"}
+    back, _ = R.load_release(write_artifact(tmp_path / "short", release_flat(ours), "gen", short))
+    assert back.config["use_rope"] is False
+    args = _gen_inputs(ours)
+    with torch.no_grad():
+        torch.testing.assert_close(back.release_forward(*args), ours.release_forward(*args), rtol=0, atol=0)
+    with pytest.raises(R.ReleaseError, match="cond_dim"):
+        R.build_module("gen", {k: v for k, v in cfg.items() if k != "cond_dim"}, "metadata.json")
+    mae = R.build_module("mae", {"in_channels": 4, "base_channels": 32}, "m")
+    assert mae.config["layers"] == [2, 2, 2, 2] and mae.config["patch_size"] == 4 and mae.config["num_classes"] == 1000

@@ -259,18 +259,31 @@ def state_dict_from_release(module: torch.nn.Module, flat: dict[str, np.ndarray]
 # --------------------------------------------------------------------------- building
 
 
+# The constructor defaults of the release's DitGen and MAEResNetJAX: a model_config written
+# without some key was built with these (the release's train.py writes them all).
+RELEASE_GEN_DEFAULTS = dict(
+    num_classes=1001, noise_classes=0, noise_coords=1, input_size=32, in_channels=3, n_cls_tokens=0, patch_size=2,
+    hidden_size=1152, depth=28, num_heads=16, mlp_ratio=4.0, out_channels=3, use_qknorm=False, use_swiglu=False,
+    use_rope=False, use_rmsnorm=False, use_bf16=False, attn_fp32=True, use_remat=False,
+)
+RELEASE_MAE_DEFAULTS = dict(
+    num_classes=1000, in_channels=3, base_channels=64, patch_size=4, dropout_prob=0.0, layers=(2, 2, 2, 2),
+    use_bf16=False, input_patch_size=1,
+)
+
+
 def build_module(kind: str, model_config: dict, where: str) -> torch.nn.Module:
     """An (untrained) module of `kind` from the release's model_config."""
-    cfg = dict(model_config)
     try:
         if kind == "gen":
-            for key in ("input_size", "in_channels"):
-                if key not in cfg:
-                    raise ReleaseError(f"{where}: model_config has no {key!r}")
+            if "cond_dim" not in model_config:  # the one argument the release's DitGen requires
+                raise ReleaseError(f"{where}: model_config has no 'cond_dim'")
+            # a key left out means the release's default, not ours (ours suit training here)
+            cfg = {**RELEASE_GEN_DEFAULTS, **model_config}
             c, s = int(cfg.pop("in_channels")), int(cfg.pop("input_size"))
-            return ReleaseDiTGenerator((c, s, s), int(cfg.pop("num_classes", 1001)), **cfg)
+            return ReleaseDiTGenerator((c, s, s), int(cfg.pop("num_classes")), **cfg)
         if kind == "mae":
-            return ReleaseMAE(**cfg)
+            return ReleaseMAE(**{**RELEASE_MAE_DEFAULTS, **model_config})
     except TypeError as exc:
         raise ReleaseError(f"{where}: model_config does not fit the release {kind} model ({_one_line(exc)})") from None
     except ValueError as exc:
