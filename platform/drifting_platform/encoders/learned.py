@@ -70,8 +70,9 @@ class LearnedEncoder(Encoder):
 
         path = resolve_source(source)
         meta = read_meta(path)
-        if self.kind != "learned" and meta["objective"] != self.kind:
-            raise ValueError(f"encoder {self.kind!r}: {source} holds a {meta['objective']!r} encoder; use encoder.name: {meta['objective']} (or learned)")
+        if (self.kind != "learned" or "backbone" not in meta) and meta["objective"] != self.kind:
+            alt = " (or learned)" if "backbone" in meta else ""  # the release MAE is not a ResNetBackbone
+            raise ValueError(f"encoder {self.kind!r}: {source} holds a {meta['objective']!r} encoder; use encoder.name: {meta['objective']}{alt}")
         trained = tuple(meta["input_shape"])
         if trained != self.input_shape:
             raise ValueError(f"encoder {self.kind!r}: {source} was trained on inputs {trained}, the data here are {self.input_shape} (pre-train on the same data.size)")

@@ -221,15 +221,56 @@ class ReleaseMAE(nn.Module):
         return out
 
 
+def load_pretrained_mae(source: str, input_shape: Sequence[int]) -> tuple[ReleaseMAE, dict]:
+    """(ReleaseMAE in eval mode, provenance) for what `drifting-platform pretrain` wrote with
+    objective `release_mae`: its run folder, the run's `encoder/` folder, or a registry URI
+    (`models:/NAME/VERSION`, `models:/NAME/latest`, `runs:/...`, resolved like learned
+    encoders' sources)."""
+    import json
+    from pathlib import Path
+
+    from .learned import is_registry_uri, read_meta, resolve_source
+
+    given = str(source)
+    if not is_registry_uri(source):
+        p = Path(source).expanduser()
+        if (p / "encoder" / "encoder.json").is_file():  # a pretrain run folder
+            source = str(p / "encoder")
+        elif not (p / "encoder.json").is_file() and not (p.is_file() and p.name == "encoder.json"):
+            raise FileNotFoundError(
+                f"release_mae: {source}: not a release artifact (ema_params.msgpack + metadata.json), a converted one "
+                "(model.safetensors + release.json), hf://NAME, nor a `pretrain` output (encoder.json + weights.pt)")
+    path = resolve_source(source)
+    meta = read_meta(path)
+    if meta.get("objective") != "release_mae" or not isinstance(meta.get("model_config"), dict):
+        raise ValueError(f"encoder 'release_mae': {source} holds a {meta.get('objective')!r} encoder, not a release MAE; use encoder.name: {meta.get('objective')}")
+    trained = tuple(int(s) for s in meta.get("input_shape", ()))
+    if trained and trained != tuple(int(s) for s in input_shape):
+        raise ValueError(f"encoder 'release_mae': {source} was trained on inputs {trained}, the data here are {tuple(input_shape)} (pre-train on the same data.size)")
+    module = ReleaseMAE(**meta["model_config"])
+    module.load_state_dict(torch.load(path / "weights.pt", map_location="cpu", weights_only=True))
+    reg = path / "registry.json"  # written by tracking.download_encoder: the pinned registry version
+    pinned = json.loads(reg.read_text())["source"] if reg.is_file() else str(path.resolve())
+    provenance = {
+        "source": given, "pinned": pinned, "objective": "release_mae", "config_hash": meta.get("config_hash"),
+        "model_config": dict(meta["model_config"]), "finetuned": bool(meta.get("finetuned", False)),
+    }
+    return module.eval(), provenance
+
+
 @register_encoder("release_mae")
 class ReleaseMAEEncoder(Encoder):
     """The release's Latent-MAE as a frozen feature encoder.
 
-    source: a release artifact folder (ema_params.msgpack + metadata.json), `hf://NAME`, a
-    folder written by `drifting-platform release convert`, or one written by `pretrain` with
-    objective `release_mae`. Without a source the weights are random (kwargs = the MAE's
-    constructor arguments), for tests and ablations of the architecture. include_global adds
-    the flattened input (`global`), as the release's training does.
+    source: a release artifact folder (ema_params.msgpack + metadata.json), `hf://NAME` or a
+    folder written by `drifting-platform release convert` (all three read by
+    `release.load_release`); or what `pretrain` wrote with objective `release_mae`: its run
+    folder, its `encoder/` folder or the registered version (`models:/NAME/VERSION`).
+    Without a source the weights are random (kwargs = the MAE's constructor arguments), for
+    tests and ablations of the architecture. include_global adds the flattened input
+    (`global`), as the release's training does. `provenance()` records the source (and the
+    pinned registry version, config hash and architecture, or the release artifact's name
+    and content hash).
     """
 
     def __init__(self, input_shape: Sequence[int], *, source: Optional[str] = None, include_global: bool = True, **mae_kwargs):
@@ -237,10 +278,13 @@ class ReleaseMAEEncoder(Encoder):
         if source:
             if mae_kwargs:
                 raise TypeError(f"release_mae: {sorted(mae_kwargs)} cannot be given with a source (the artifact fixes the architecture)")
-            from ..release import load_release
+            from ..release import is_release_source, load_release
 
-            module, meta = load_release(source, kind="mae")
-            self.provenance_info = {"source": str(source), **meta.get("identity", {})}
+            if is_release_source(source):
+                module, meta = load_release(source, kind="mae")
+                self.provenance_info = {"source": str(source), **meta.get("identity", {})}
+            else:
+                module, self.provenance_info = load_pretrained_mae(str(source), self.input_shape)
         else:
             mae_kwargs.setdefault("in_channels", self.input_shape[0])
             module = ReleaseMAE(**mae_kwargs)

@@ -8,6 +8,11 @@ artifact that `encoders/learned.py` loads:
     out_dir/encoder/encoder.json   what the weights are (objective, backbone spec, input shape)
     out_dir/encoder/weights.pt     the backbone's state dict (loads with weights_only=True)
 
+Objective `release_mae` trains the release's Latent-MAE (`encoders/release_mae.ReleaseMAE`)
+with the release's loss and classifier ramp instead; its encoder.json holds the network's
+`model_config` in place of `backbone`, weights.pt the whole network, and the registered
+encoder `release_mae` loads it (`encoder: {name: release_mae, source: ...}`).
+
 plus `checkpoint.pt` (resumable: step, objective incl. MoCo's key encoder and queue,
 optimizer, fine-tune head), `metrics.jsonl` and `summary.json` (final loss and a
 linear-probe accuracy of the pooled features on a held-out split).
@@ -73,10 +78,16 @@ def build_pretrain_data(cfg: PretrainConfig):
     return ds
 
 
-def build_objective_for(cfg: PretrainConfig, in_channels: int):
-    from .objectives import build_objective
+def build_objective_for(cfg: PretrainConfig, in_channels: int, num_classes: int = 1):
+    from .objectives import build_objective, build_release_mae_objective
 
     torch.manual_seed(cfg.seed)
+    if cfg.objective.name == "release_mae":
+        import dataclasses
+
+        from .config import ReleaseMAEConfig
+
+        return build_release_mae_objective(in_channels, num_classes, **dataclasses.asdict(cfg.release_mae or ReleaseMAEConfig()))
     kwargs = dict(cfg.objective.kwargs)
     if cfg.objective.name in ("simclr", "moco"):
         kwargs.setdefault("augment_kwargs", {"strength": cfg.augment.strength, "hflip": cfg.augment.hflip})
@@ -113,8 +124,10 @@ def probe_accuracy(train_f, train_y, test_f, test_y) -> float:
     return float(clf.score(scaler.transform(test_f.numpy()), test_y.numpy()))
 
 
-def write_encoder_artifact(out: Path, cfg: PretrainConfig, backbone: torch.nn.Module, *, input_shape, mask_channel: bool, finetuned: bool, extra: dict) -> Path:
-    """out/encoder/{encoder.json, weights.pt}, written atomically (a directory rename)."""
+def write_encoder_artifact(out: Path, cfg: PretrainConfig, backbone: torch.nn.Module, *, input_shape, mask_channel: bool, finetuned: bool, extra: dict, arch: Optional[dict] = None) -> Path:
+    """out/encoder/{encoder.json, weights.pt}, written atomically (a directory rename).
+
+    arch: what encoder.json records about the architecture (default {"backbone": backbone.spec})."""
     import shutil
 
     final = out / ENCODER_DIR
@@ -126,7 +139,7 @@ def write_encoder_artifact(out: Path, cfg: PretrainConfig, backbone: torch.nn.Mo
         "format": ENCODER_FORMAT,
         "name": cfg.registered_name,
         "objective": cfg.objective.name,
-        "backbone": dict(backbone.spec),
+        **(arch if arch is not None else {"backbone": dict(backbone.spec)}),
         "input_shape": [int(s) for s in input_shape],
         "mask_channel": bool(mask_channel),
         "finetuned": bool(finetuned),
@@ -174,10 +187,13 @@ def pretrain_loop(
     x_all = ds.x.to(device)
     y_all = ds.y.to(device)
     in_channels = int(ds.shape[0])
-    obj = build_objective_for(cfg, in_channels).to(device)
+    obj = build_objective_for(cfg, in_channels, ds.num_classes).to(device)
     mask_channel = cfg.objective.name == "mae"
-    # what the backbone sees at feature time (MAE: the image plus an all-zero mask channel)
-    feat_in = obj.features_input if hasattr(obj, "features_input") else (lambda x: x)
+    rm = cfg.release_mae
+    if rm is not None and ds.num_classes < 2 and (rm.lambda_cls > 0 or rm.finetune_last_steps > 0):
+        from ..config import ConfigError
+
+        raise ConfigError(f"release_mae.lambda_cls / finetune_last_steps: the classifier needs a labelled data set with 2+ classes ({ds.name} has {ds.num_classes})")
     finetune = None
     if fc.steps > 0 and ds.num_classes > 1:
         finetune = FineTune(
@@ -202,9 +218,9 @@ def pretrain_loop(
         state = load_checkpoint(ckpt_path, map_location=device)
         saved = state.get("config", {})
         now = to_dict(cfg)
-        for key in ("data", "objective", "backbone"):
-            if saved.get(key) != now[key]:
-                raise CheckpointError(f"{ckpt_path}: written for a different {key} config ({saved.get(key)} vs {now[key]}); use another --out or delete it")
+        for key in ("data", "objective", "backbone", "release_mae"):
+            if saved.get(key) != now.get(key):
+                raise CheckpointError(f"{ckpt_path}: written for a different {key} config ({saved.get(key)} vs {now.get(key)}); use another --out or delete it")
         obj.load_state_dict(state["objective"])
         start = int(state["step"])
         phase = state.get("phase", "pretrain")
@@ -248,7 +264,11 @@ def pretrain_loop(
         mine = idx[rank * batch // world : (rank + 1) * batch // world].to(device)
         if pre:
             lr = tc.lr * lr_factor(step, warmup=tc.warmup_steps, total=tc.steps, schedule=tc.schedule)
-            loss, info = obj.loss(x_all[mine], rng)
+            obj.set_step(step, tc.steps)
+            if obj.uses_labels:
+                loss, info = obj.loss(x_all[mine], rng, labels=y_all[mine])
+            else:
+                loss, info = obj.loss(x_all[mine], rng)
             params = list(obj.trainable_parameters())
         else:
             k = step - tc.steps
@@ -298,12 +318,14 @@ def pretrain_loop(
         extra = {}
         if evaluate and ds.num_classes > 1:
             backbone.eval()
-            f_tr = pooled_features(lambda x: backbone.forward_pooled(feat_in(x)), x_all[train_idx.to(device)])
-            f_te = pooled_features(lambda x: backbone.forward_pooled(feat_in(x)), x_all[test_idx.to(device)])
+            obj.eval()
+            f_tr = pooled_features(obj.pooled, x_all[train_idx.to(device)])
+            f_te = pooled_features(obj.pooled, x_all[test_idx.to(device)])
             summary["probe_accuracy"] = probe_accuracy(f_tr, ds.y[train_idx], f_te, ds.y[test_idx])
             extra["probe_accuracy"] = summary["probe_accuracy"]
         path = write_encoder_artifact(
-            out, cfg, backbone, input_shape=ds.shape, mask_channel=mask_channel, finetuned=finetune is not None, extra=extra,
+            out, cfg, backbone, input_shape=ds.shape, mask_channel=mask_channel, extra=extra, arch=obj.artifact_meta(),
+            finetuned=finetune is not None or (cfg.release_mae is not None and cfg.release_mae.finetune_last_steps > 0),
         )
         summary["encoder_dir"] = str(path)
         summary["config_hash"] = config_hash(cfg)

@@ -52,8 +52,23 @@ class Objective(nn.Module):
         """The parameters the optimiser should step (excludes EMA copies and other frozen state)."""
         return (p for p in self.parameters() if p.requires_grad)
 
+    #: True: `loss` takes the batch's labels too (`loss(x, generator, labels=y)`)
+    uses_labels: bool = False
+
     def loss(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError  # pragma: no cover - interface
+
+    def set_step(self, step: int, total: int) -> None:
+        """Called by the loop before each pre-training step (0-based) of `total`; objectives
+        whose loss follows a schedule (the release MAE's classifier ramp) override it."""
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, C, H, W] -> [N, D] pooled features of the kept encoder (the linear probe's input)."""
+        return self.encoder().forward_pooled(x)
+
+    def artifact_meta(self) -> dict[str, Any]:
+        """What `encoder.json` records about the kept network's architecture."""
+        return {"backbone": dict(self.encoder().spec)}
 
 
 # --------------------------------------------------------------------------------------
@@ -225,6 +240,9 @@ class MAE(Objective):
 
     features_input = staticmethod(append_mask_channel)
 
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_pooled(append_mask_channel(x))
+
     def num_patches(self, h: int, w: int) -> int:
         """L = (H / patch) * (W / patch); H and W must be multiples of patch."""
         if h % self.patch or w % self.patch:
@@ -299,6 +317,125 @@ class MAE(Objective):
 
 
 # --------------------------------------------------------------------------------------
+# the release's Latent-MAE objective
+
+
+def release_lambda_cls(step: int, total: int, *, lambda_cls: float = 0.0, finetune_last_steps: int = 0,
+                       warmup_finetune: int = 1000, finetune_cls: float = 0.1) -> float:
+    """The classification weight at 0-based `step` of `total` (the release's `train_mae`):
+    `lambda_cls` until the last `finetune_last_steps` steps, then finetune_cls * min(1, k /
+    max(1, warmup_finetune)) at the k-th (0-based) of them."""
+    start = total - int(finetune_last_steps)
+    if finetune_last_steps <= 0 or step < start:
+        return float(lambda_cls)
+    return float(finetune_cls) * min(1.0, (step - start) / max(1, int(warmup_finetune)))
+
+
+class ReleaseMAEObjective(Objective):
+    """The release's MAE objective (`MAEResNetJAX.__call__`) on a `ReleaseMAE`.
+
+    The input is folded by the network's input_patch_size; each sample draws a mask ratio
+    uniform in [mask_ratio_min, mask_ratio_max] and masks each patch_size x patch_size patch
+    of the folded input whose uniform noise is below it (so the masked fraction is the ratio
+    only on average); the encoder sees x * (1 - mask), the UNet decoder reconstructs the
+    folded input, and per sample
+
+        recon = sum over masked locations and channels of (recon - x)^2 / (masked locations + 1e-8)
+        cls   = cross-entropy of the classifier (layer4's global mean) on the label
+        loss  = lambda * cls + (1 - lambda) * recon,   averaged over the batch.
+
+    lambda follows `release_lambda_cls` (set by the loop through `set_step`). The kept
+    network is the whole `ReleaseMAE` (encoder, decoder and classifier, like the release's
+    artifacts). info: loss, recon_loss, cls_loss, accuracy, mask_ratio (masked fraction of
+    locations), lambda_cls.
+    """
+
+    uses_labels = True
+
+    def __init__(self, net, *, mask_ratio_min: float = 0.5, mask_ratio_max: float = 0.5, lambda_cls: float = 0.0,
+                 finetune_last_steps: int = 0, warmup_finetune: int = 1000, finetune_cls: float = 0.1):
+        super().__init__()
+        if not 0.0 <= mask_ratio_min <= mask_ratio_max <= 1.0:
+            raise ValueError(f"release MAE: need 0 <= mask_ratio_min <= mask_ratio_max <= 1, got {mask_ratio_min}, {mask_ratio_max}")
+        self.net = net
+        self.mask_ratio_min, self.mask_ratio_max = float(mask_ratio_min), float(mask_ratio_max)
+        self.schedule = {"lambda_cls": float(lambda_cls), "finetune_last_steps": int(finetune_last_steps),
+                         "warmup_finetune": int(warmup_finetune), "finetune_cls": float(finetune_cls)}
+        self.lambda_cls = float(lambda_cls)
+
+    def encoder(self):
+        return self.net
+
+    def set_step(self, step: int, total: int) -> None:
+        self.lambda_cls = release_lambda_cls(step, total, **self.schedule)
+
+    def fold(self, x: torch.Tensor) -> torch.Tensor:
+        from ..encoders.release_mae import fold_patches
+
+        return fold_patches(x, self.net.ips)
+
+    def random_mask(self, n: int, h: int, w: int, generator: torch.Generator,
+                    device: torch.device | str = "cpu") -> torch.Tensor:
+        """[N, 1, H, W] float mask of the folded input (1 = masked), the release's `make_patch_mask`."""
+        p = int(self.net.config["patch_size"])
+        if h % p or w % p:
+            raise ValueError(f"release MAE: the folded input {h}x{w} is not a multiple of patch_size={p}")
+        ratio = torch.rand(n, generator=generator, device=generator.device) * (self.mask_ratio_max - self.mask_ratio_min) + self.mask_ratio_min
+        noise = torch.rand(n, h // p, w // p, generator=generator, device=generator.device)
+        mask = (noise < ratio[:, None, None]).float()
+        mask = mask.repeat_interleave(p, dim=1).repeat_interleave(p, dim=2)
+        return mask.unsqueeze(1).to(device)
+
+    def losses(self, x_folded: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-sample terms for a given mask: {"loss", "recon_loss", "cls_loss", "logits"}."""
+        mask = mask.to(x_folded.dtype)
+        feats = self.net.encode(x_folded * (1.0 - mask))
+        logits = self.net.classify(feats)
+        recon = self.net.decode(feats)
+        mse = (recon.float() - x_folded.float()) ** 2  # [N, C', H, W]; the mask [N, 1, H, W] counts locations
+        recon_loss = (mse * mask).sum(dim=(1, 2, 3)) / (mask.sum(dim=(1, 2, 3)) + 1e-8)
+        cls_loss = F.cross_entropy(logits.float(), labels, reduction="none")
+        loss = self.lambda_cls * cls_loss + (1.0 - self.lambda_cls) * recon_loss
+        return {"loss": loss, "recon_loss": recon_loss, "cls_loss": cls_loss, "logits": logits}
+
+    def loss(self, x: torch.Tensor, generator: torch.Generator, labels: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, float]]:  # type: ignore[override]
+        """x [N, C, H, W], labels [N] long (zeros when None) -> (batch-mean loss, info)."""
+        if labels is None:
+            labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        xf = self.fold(x)
+        mask = self.random_mask(xf.shape[0], xf.shape[2], xf.shape[3], generator, device=x.device)
+        out = self.losses(xf, labels, mask)
+        loss = out["loss"].mean()
+        info = {
+            "loss": float(loss.detach()), "recon_loss": float(out["recon_loss"].detach().mean()),
+            "cls_loss": float(out["cls_loss"].detach().mean()),
+            "accuracy": float((out["logits"].argmax(dim=1) == labels).float().mean()),
+            "mask_ratio": float(mask.mean()), "lambda_cls": self.lambda_cls,
+        }
+        return loss, info
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """layer4's global mean of the unmasked input (what the classifier reads)."""
+        return self.net.encode(self.fold(x))["layer4"].mean(dim=(2, 3))
+
+    def artifact_meta(self) -> dict[str, Any]:
+        return {"model_config": dict(self.net.config), "widths": list(self.net.widths)}
+
+
+def build_release_mae_objective(in_channels: int, num_classes: int, *, base_channels: int = 32,
+                                layers: Sequence[int] = (2, 2, 2, 2), input_patch_size: int = 1,
+                                patch_size: int = 2, **loss_kwargs: Any) -> ReleaseMAEObjective:
+    """A fresh `ReleaseMAE` for C = in_channels and num_classes, with the release's objective
+    (loss_kwargs: mask_ratio_min / max, lambda_cls, finetune_last_steps, warmup_finetune,
+    finetune_cls)."""
+    from ..encoders.release_mae import ReleaseMAE
+
+    net = ReleaseMAE(in_channels=int(in_channels), base_channels=int(base_channels), layers=tuple(layers),
+                     num_classes=max(int(num_classes), 1), patch_size=int(patch_size), input_patch_size=int(input_patch_size))
+    return ReleaseMAEObjective(net, **loss_kwargs)
+
+
+# --------------------------------------------------------------------------------------
 # supervised fine-tune
 
 
@@ -335,7 +472,7 @@ class FineTune(Objective):
 # --------------------------------------------------------------------------------------
 # factory
 
-#: name -> objective class built by `build_objective`
+#: name -> objective class built by `build_objective` (the release MAE: `build_release_mae_objective`)
 OBJECTIVES: dict[str, type[Objective]] = {"simclr": SimCLR, "moco": MoCo, "mae": MAE}
 
 
