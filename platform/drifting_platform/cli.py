@@ -115,7 +115,7 @@ def train(config: str, out: str, preset: str | None, overrides: tuple[str, ...],
 @click.option("--no-resume", is_flag=True, help="Start afresh even if the run directory holds a checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def pretrain(config: str, out: str | None, preset: str | None, overrides: tuple[str, ...], workers: int, gpu: bool, no_register: bool, no_resume: bool, quiet: bool) -> None:
-    """Pre-train a feature encoder (SimCLR, MoCo-v2, MAE; optional classifier fine-tuning),
+    """Pre-train a feature encoder (SimCLR, MoCo-v2, MAE, the release's Latent-MAE; optional classifier fine-tuning),
     track it in MLflow (experiment "encoders") and register its weights as a model version."""
     from .launch.pretrain import load_pretrain_config, run_pretrain
 

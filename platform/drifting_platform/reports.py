@@ -96,7 +96,8 @@ PAPER_TABLES: dict[str, dict] = {
 _ALIASES: dict[str, dict[str, str]] = {
     "antisymmetry": {"attraction only": "V+ only", "v+ only (attraction only)": "V+ only", "default": "V+ - V-"},
     "temperature": {"all": "all three", "multi": "all three", "0.02,0.05,0.2": "all three", "(0.02,0.05,0.2)": "all three"},
-    "encoder": {"moco": "MoCo-v2", "mocov2": "MoCo-v2", "mae": "MAE w256"},
+    # "release Latent-MAE (ours: w32)": the release's own architecture at the paper's width / 16
+    "encoder": {"moco": "MoCo-v2", "mocov2": "MoCo-v2", "mae": "MAE w256", "release latent-mae": "MAE w512"},
     "multiscale": {"(a,b)": "a-b", "a,b": "a-b", "(a-c)": "a-c", "(a-d)": "a-d"},
 }
 
