@@ -12,7 +12,7 @@ import torch
 from drifting_platform.config import ConfigError, load_config
 from drifting_platform.encoders import build_encoder
 from drifting_platform.models import GENERATORS, ReleaseDiTGenerator, build_generator
-from drifting_platform.models.release_dit import release_pos_embed, swiglu_hidden
+from drifting_platform.models.release_dit import swiglu_hidden
 
 DIGITS = "experiments/configs/digits.yaml"
 
@@ -55,15 +55,6 @@ def test_release_b2_parameter_count():
     assert 125e6 < n_params(g) < 140e6
 
 
-def test_release_init_is_the_release_one():
-    g = build_generator("release-s/2", data_shape=(1, 8, 8), num_classes=10)
-    # adaLN-zero and a zero final layer: the untrained generator outputs exactly zero
-    x = g(torch.randn(5, g.noise_dim), torch.arange(5), torch.ones(5))
-    assert x.shape == (5, 1, 8, 8) and torch.count_nonzero(x) == 0
-    assert torch.equal(g.pos_embed[0], release_pos_embed(g.hidden, g.grid))
-    assert abs(g.class_embed.weight.std().item() - 0.02) < 0.005
-
-
 def test_flat_noise_maps_to_image_noise_and_uniform_styles():
     g = perturb_(build_generator("release-s/2", data_shape=(1, 8, 8), num_classes=10, temperature=0.7))
     z = torch.randn(4000, g.noise_dim, generator=torch.Generator().manual_seed(0))
@@ -76,20 +67,6 @@ def test_flat_noise_maps_to_image_noise_and_uniform_styles():
     # forward(z) is release_forward with those style indices
     lab, a = torch.arange(6) % 10, torch.linspace(1, 4, 6)
     assert torch.allclose(g(z[:6], lab, a), g.release_forward(x[:6], lab, a, styles[:6]), atol=1e-6)
-
-
-def test_rope_attention_depends_on_relative_positions_only():
-    from drifting_platform.models.release_dit import rope
-
-    q, k = torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8)
-    qr, kr = rope(q, k)
-    # the same query/key pair at positions (i, j) and (i+1, j+1) scores the same
-    q2, k2 = torch.zeros(1, 2, 6, 8), torch.zeros(1, 2, 6, 8)
-    q2[:, :, 1], k2[:, :, 3] = q[:, :, 0], k[:, :, 2]
-    qr2, kr2 = rope(q2, k2)
-    s1 = (qr[:, :, 0] * kr[:, :, 2]).sum(-1)
-    s2 = (qr2[:, :, 1] * kr2[:, :, 3]).sum(-1)
-    assert torch.allclose(s1, s2, atol=1e-5)
 
 
 def test_bf16_autocast_stays_close_to_fp32():
@@ -174,3 +151,50 @@ def test_release_generator_trains_in_the_loop(tmp_path):
     assert rows[-1]["loss"] < rows[0]["loss"]
     assert math.isfinite(summary["fid"])
     assert np.load(tmp_path / "samples.npz")["samples"].shape[1:] == (1, 8, 8)
+
+
+@pytest.mark.slow
+def test_sweep_rows_with_release_generator_encoder_and_init(tmp_path, monkeypatch):
+    """The release models in a real Ray Tune sweep: the release generator, the release MAE as
+    the drift's encoder, and a row initialised from a converted release artifact."""
+    import textwrap
+    from pathlib import Path
+
+    ray = pytest.importorskip("ray")
+    from drifting_platform.launch.sweep import run_sweep
+
+    monkeypatch.setenv("DRIFTING_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    torch.manual_seed(5)
+    art = tmp_path / "artifact"
+    _write_converted(perturb_(build_generator("release-s/2", data_shape=(1, 8, 8), num_classes=10)), art)
+    digits = Path(__file__).resolve().parents[1] / DIGITS
+    sweep = tmp_path / "release.yaml"
+    sweep.write_text(textwrap.dedent(f"""
+        name: release_rows
+        base: {digits}
+        preset: smoke
+        set: [eval.num_samples=100, train.log_every=3, model.name=release-s/2]
+        rows:
+          - {{name: "release generator", set: {{}}}}
+          - {{name: "release MAE features", set: {{encoder.name: release_mae, encoder.kwargs: {{}}}}}}
+          - {{name: "from artifact", set: {{model.init: "{art}"}}}}
+        resources: {{cpus_per_trial: 1, workers: 1}}
+        max_concurrent: 2
+        metric: {{name: fid, mode: min}}
+    """))
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        res = run_sweep(sweep, out_root=tmp_path / "sweeps", verbose=0)
+    finally:
+        ray.shutdown()
+    by = {t.label: t for t in res.trials}
+    for t in res.trials:
+        assert t.status == "FINISHED", t.error
+        assert t.metrics["fid"] > 0 and t.metrics["steps"] == 6
+    summaries = {k: json.loads((Path(t.trial_dir) / "summary.json").read_text()) for k, t in by.items()}
+    assert summaries["from artifact"]["model_init"]["name"] == "test-artifact"
+    assert "model_init" not in summaries["release generator"]
+    assert summaries["release MAE features"]["encoder"]["random_init"] is True

@@ -42,7 +42,7 @@ release_l_2 = _preset(ReleaseDiTGenerator, **_RELEASE, patch_size=2, hidden_size
 release_b_16 = _preset(ReleaseDiTGenerator, **_RELEASE, patch_size=16, hidden_size=768, cond_dim=768, depth=12, num_heads=12)
 release_l_16 = _preset(ReleaseDiTGenerator, **_RELEASE, patch_size=16, hidden_size=1024, cond_dim=1024, depth=24, num_heads=16)
 # release-s/2: the same architecture small enough for 2 CPU cores (digits at 8x8: 16 image tokens)
-release_s_2 = _preset(ReleaseDiTGenerator, **{**_RELEASE, "n_cls_tokens": 2, "noise_coords": 8, "noise_classes": 16}, patch_size=2, hidden_size=128, cond_dim=128, depth=3, num_heads=4)
+release_s_2 = _preset(ReleaseDiTGenerator, **{**_RELEASE, "n_cls_tokens": 2, "noise_coords": 8, "noise_classes": 16}, patch_size=2, hidden_size=96, cond_dim=96, depth=3, num_heads=4)
 
 GENERATORS: dict[str, Callable[..., Generator]] = {
     "mlp": mlp,
