@@ -501,6 +501,9 @@ def convert_release(path: str | Path, out: str | Path) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
         save_file({k_: v.contiguous() for k_, v in state.items()}, str(tmp_w))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_w, 0o666 & ~umask)  # safetensors creates 0600; a shared folder needs the usual mode
         meta = {"format": CONVERTED_FORMAT, "kind": k, "model_config": model_config, "identity": identity,
                 "parameters": parameter_count(state), "converted_sha256": sha256_file(tmp_w)}
         tmp_m.write_text(json.dumps(meta, indent=2) + "\n")
