@@ -237,6 +237,11 @@ def test_pretrain_output_loads_as_release_mae_source(trained, where, monkeypatch
     reg = trained["res"]["registered"]
     source = {"run": str(trained["run"]), "encoder": str(trained["run"] / "encoder"), "registry": reg["uri"]}[where]
     assert reg["uri"] == "models:/release-mae-digits32-w32/1"
+    if where == "registry":  # the version names the network's stage widths, as other encoders' do
+        from mlflow.tracking import MlflowClient
+
+        mv = MlflowClient(tracking_uri=f"sqlite:///{trained['tmp']}/mlflow.db").get_model_version("release-mae-digits32-w32", "1")
+        assert mv.tags["widths"] == str(json.loads((trained["run"] / "encoder" / "encoder.json").read_text())["widths"])
     enc = build_encoder("release_mae", (1, 32, 32), source=source)
     assert not any(p.requires_grad for p in enc.parameters()) and not enc.training
     enc.train()

@@ -833,7 +833,7 @@ def record_pretrain(
             except Exception as exc:  # noqa: BLE001 - exists already (or created concurrently)
                 if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
                     raise
-            mv_tags = {TAG_CONFIG_HASH: config_hash, "objective": str(meta.get("objective")), "widths": str(meta.get("backbone", {}).get("widths"))}
+            mv_tags = {TAG_CONFIG_HASH: config_hash, "objective": str(meta.get("objective")), "widths": str(meta.get("backbone", {}).get("widths", meta.get("widths")))}
             if "probe_accuracy" in summary:
                 mv_tags["probe_accuracy"] = f"{float(summary['probe_accuracy']):.4f}"
             mv = with_retry(client.create_model_version, name, f"runs:/{run_id}/encoder", run_id=run_id, tags=mv_tags)
