@@ -293,6 +293,13 @@ def build_module(kind: str, model_config: dict, where: str) -> torch.nn.Module:
     raise ReleaseError(f"{where}: kind {kind!r} is not one of {list(KINDS)}")
 
 
+def _shape_template(kind: str, model_config: dict, where: str) -> torch.nn.Module:
+    """The module on the meta device: parameter names and shapes to check against, without
+    allocating or initialising weights (load_release builds the real one once)."""
+    with torch.device("meta"):
+        return build_module(kind, model_config, where)
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -430,7 +437,7 @@ def read_release(path: str | Path, *, kind: Optional[str] = None) -> tuple[str, 
         if meta.get("format") != CONVERTED_FORMAT:
             raise ReleaseError(f"{folder / CONVERTED_META}: format {meta.get('format')!r} is not {CONVERTED_FORMAT!r}")
         k = _check_meta(meta, folder / CONVERTED_META, kind)
-        module = build_module(k, meta["model_config"], str(folder / CONVERTED_META))
+        module = _shape_template(k, meta["model_config"], str(folder / CONVERTED_META))
         weights = folder / CONVERTED_WEIGHTS
         try:
             from safetensors.torch import load_file
@@ -451,7 +458,7 @@ def read_release(path: str | Path, *, kind: Optional[str] = None) -> tuple[str, 
     params = folder / RELEASE_PARAMS
     if not params.is_file():
         raise ReleaseError(f"{params}: missing (the weights of the artifact)")
-    module = build_module(k, meta["model_config"], str(folder / RELEASE_META))
+    module = _shape_template(k, meta["model_config"], str(folder / RELEASE_META))
     state = state_dict_from_release(module, flatten_tree(read_msgpack(params)), str(params))
     identity = {"name": name or str(folder.resolve()), "sha256": sha256_file(params), "format": "flax.msgpack"}
     for key in ("step", "ema_decay"):
