@@ -48,6 +48,13 @@ def resolve_source(source: str) -> Path:
     return path
 
 
+def pinned_source(path: Path) -> str:
+    """The exact version an artifact folder holds: the registry version `tracking.download_encoder`
+    recorded in registry.json, else the folder itself."""
+    reg = Path(path) / "registry.json"
+    return json.loads(reg.read_text())["source"] if reg.is_file() else str(Path(path).resolve())
+
+
 def read_meta(path: Path) -> dict:
     meta = json.loads((Path(path) / "encoder.json").read_text())
     if not str(meta.get("format", "")).startswith("drifting-encoder/"):
@@ -77,8 +84,7 @@ class LearnedEncoder(Encoder):
         if trained != self.input_shape:
             raise ValueError(f"encoder {self.kind!r}: {source} was trained on inputs {trained}, the data here are {self.input_shape} (pre-train on the same data.size)")
         self.source, self.meta, self.include_input = str(source), meta, bool(include_input)
-        reg = path / "registry.json"  # written by tracking.download_encoder: the pinned version
-        self.pinned_source = json.loads(reg.read_text())["source"] if reg.is_file() else str(path.resolve())
+        self.pinned_source = pinned_source(path)
         self.mask_channel = bool(meta.get("mask_channel", False))
         self.backbone = ResNetBackbone(**meta["backbone"])
         state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)

@@ -226,10 +226,9 @@ def load_pretrained_mae(source: str, input_shape: Sequence[int]) -> tuple[Releas
     objective `release_mae`: its run folder, the run's `encoder/` folder, or a registry URI
     (`models:/NAME/VERSION`, `models:/NAME/latest`, `runs:/...`, resolved like learned
     encoders' sources)."""
-    import json
     from pathlib import Path
 
-    from .learned import is_registry_uri, read_meta, resolve_source
+    from .learned import is_registry_uri, pinned_source, read_meta, resolve_source
 
     given = str(source)
     if not is_registry_uri(source):
@@ -249,10 +248,8 @@ def load_pretrained_mae(source: str, input_shape: Sequence[int]) -> tuple[Releas
         raise ValueError(f"encoder 'release_mae': {source} was trained on inputs {trained}, the data here are {tuple(input_shape)} (pre-train on the same data.size)")
     module = ReleaseMAE(**meta["model_config"])
     module.load_state_dict(torch.load(path / "weights.pt", map_location="cpu", weights_only=True))
-    reg = path / "registry.json"  # written by tracking.download_encoder: the pinned registry version
-    pinned = json.loads(reg.read_text())["source"] if reg.is_file() else str(path.resolve())
     provenance = {
-        "source": given, "pinned": pinned, "objective": "release_mae", "config_hash": meta.get("config_hash"),
+        "source": given, "pinned": pinned_source(path), "objective": "release_mae", "config_hash": meta.get("config_hash"),
         "model_config": dict(meta["model_config"]), "finetuned": bool(meta.get("finetuned", False)),
     }
     return module.eval(), provenance
