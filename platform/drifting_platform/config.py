@@ -194,7 +194,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
-        return _build(tp, value, path)
+        return build_dataclass(tp, value, path)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
@@ -232,7 +232,10 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     raise ConfigError(f"{path}: unsupported type {_type_name(tp)}")  # pragma: no cover
 
 
-def _build(cls: type, raw: dict, path: str) -> Any:
+def build_dataclass(cls: type, raw: dict, path: str = "") -> Any:
+    """`cls(**raw)` for a (frozen) dataclass, strictly: an unknown key or a value of the wrong
+    type raises ConfigError naming its path (`path` is the prefix, e.g. "resources").
+    Nested dataclass fields are built the same way; missing keys take the field defaults."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)
@@ -377,7 +380,7 @@ def resolve_raw(raw: dict, preset: Optional[str] = None, overrides: tuple[str, .
 
 
 def from_dict(raw: dict) -> Config:
-    return validate(_build(Config, raw, ""))
+    return validate(build_dataclass(Config, raw, ""))
 
 
 def load_config(path: str | Path, preset: Optional[str] = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:

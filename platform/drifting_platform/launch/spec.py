@@ -140,7 +140,7 @@ def _override_list(raw: Any, where: str, file: Path) -> tuple[str, ...]:
 def _check_path(path: str, where: str, file: Path) -> None:
     """A parameter path must name a config field (checked against the schema, not the value)."""
     try:
-        C._build(C.Config, nest(path, None), "")
+        C.build_dataclass(C.Config, nest(path, None), "")
     except ConfigError as exc:
         if "unknown key" in str(exc):
             raise _err(where, f"{path!r} is not a config key ({exc})", file) from None

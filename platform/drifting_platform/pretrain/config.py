@@ -211,7 +211,7 @@ def _validate_release_mae(cfg: PretrainConfig) -> PretrainConfig:
 
 
 def from_dict(raw: dict) -> PretrainConfig:
-    return validate(C._build(PretrainConfig, raw, ""))
+    return validate(C.build_dataclass(PretrainConfig, raw, ""))
 
 
 def load_pretrain_config(path: str | Path, preset: Optional[str] = None, overrides=()) -> PretrainConfig:

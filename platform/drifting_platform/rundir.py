@@ -1,0 +1,59 @@
+"""Every file name of a run directory and of a sweep's trial directory, and their JSON I/O.
+
+A run directory (`drifting-platform train --out DIR`, `pretrain --out DIR`, one Tune trial):
+
+    checkpoint.pt     the last good state (train/checkpoint.py writes it atomically)
+    diverged.pt       the state at a non-finite step, for a post-mortem (never resumed)
+    metrics.jsonl     one JSON object per logged step: {"step": N, "loss": ..., ...}
+    summary.json      the final metrics; its presence means "finished"
+    samples.npz       evaluation samples (`samples` float32, `labels` int64)
+    samples.png       a grid of them
+    encoder/          pretrain only: encoder.json + weights.pt (encoders/artifact.py)
+
+A trial directory is a run directory plus the sweep's markers:
+
+    trial.json        {"label", "params", "config"}: which trial this directory is
+    fatal.json        {"error"}: a deterministic failure, so Tune's retry fails at once
+    stopped.json      {"step"}: stopped early by the scheduler; done, never resumed
+
+This module is pure standard library: every layer (loops, launchers, tracking) may use it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+CHECKPOINT = "checkpoint.pt"
+DIVERGED = "diverged.pt"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+SAMPLES = "samples.npz"
+GRID = "samples.png"
+TRIAL = "trial.json"
+FATAL = "fatal.json"
+STOPPED = "stopped.json"
+
+
+def write_json(path: str | Path, obj: Any, *, indent: Optional[int] = 2) -> Path:
+    """Write `obj` as JSON atomically (a temporary file, then `os.replace`)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=indent, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_json(path: str | Path, default: Any = None) -> Any:
+    """The JSON object at `path`, or `default` when the file does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return default
+    return json.loads(path.read_text())
+
+
+def numeric(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The entries of `metrics` that are numbers (bools and nested values left out), as floats."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
