@@ -35,6 +35,9 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
+from .home import drifting_home
+from .rundir import slug
+
 PAPER_SOURCE = "Deng et al., 'Generative Modeling via Drifting' (arXiv 2602.04770)"
 PAPER_SETTING = "ImageNet 256, latent space, DiT-B/2, 100 epochs, FID-50k (lower is better)"
 
@@ -413,8 +416,6 @@ def plot_report(
 
 
 def default_reports_dir() -> Path:
-    from .tracking import drifting_home
-
     return drifting_home() / "reports"
 
 
@@ -445,7 +446,7 @@ def write_report(
 
     out = Path(out_dir).expanduser().resolve() if out_dir else default_reports_dir()
     out.mkdir(parents=True, exist_ok=True)
-    stem = re.sub(r"[^A-Za-z0-9_.\-]+", "_", experiment) or "report"
+    stem = slug(experiment, default="report")
     table_md = render_markdown(rows, experiment=experiment, metric=metric)
     md = out / f"{stem}.md"
     md.write_text(table_md)

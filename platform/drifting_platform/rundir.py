@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -57,3 +58,11 @@ def read_json(path: str | Path, default: Any = None) -> Any:
 def numeric(metrics: Mapping[str, Any]) -> dict[str, float]:
     """The entries of `metrics` that are numbers (bools and nested values left out), as floats."""
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def slug(text: str, *, keep: str = "_.-", strip: str = "", limit: Optional[int] = None, default: str = "_") -> str:
+    """`text` as a file or experiment name: each run of characters other than letters,
+    digits and `keep` becomes "_"; then `strip` is stripped from both ends, the result cut to
+    `limit` characters, and `default` returned for an empty result."""
+    s = re.sub(f"[^A-Za-z0-9{re.escape(keep)}]+", "_", str(text)).strip(strip)
+    return s[:limit] or default

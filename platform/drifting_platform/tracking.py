@@ -44,6 +44,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Sequence, Union
 
+from .home import drifting_home
+from .rundir import slug
+
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -81,13 +84,6 @@ _RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.5)
 
 
 # --------------------------------------------------------------------------- the store
-
-
-def drifting_home() -> Path:
-    """``$DRIFTING_HOME`` (default ``~/.drifting_platform``), absolute; created on demand."""
-    home = Path(os.environ.get("DRIFTING_HOME") or "~/.drifting_platform").expanduser().resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    return home
 
 
 def default_tracking_uri() -> str:
@@ -133,7 +129,7 @@ def default_artifact_root(uri: Optional[str] = None) -> Optional[Union[Path, str
 
 
 def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.\-]+", "_", name).strip("._") or "experiment"
+    return slug(name, strip="._", default="experiment")
 
 
 def _root_uri(root: Union[Path, str], *parts: str) -> str:

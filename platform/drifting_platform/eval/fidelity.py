@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 
 import numpy as np
 import torch
@@ -35,6 +34,7 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
 from .classifier import get_digits_classifier
+from ..rundir import slug
 from .metrics import KEY_FID, KEY_KID, KEY_KID_STD
 
 DIGITS_EXTRACTOR = "drifting-digits"
@@ -182,7 +182,7 @@ def reference_cache_name(reference_u8: torch.Tensor, extractor: str, *, inceptio
     """
     h = hashlib.sha256(str(tuple(reference_u8.shape)).encode())
     h.update(reference_u8.contiguous().numpy().tobytes())
-    label = re.sub(r"[^A-Za-z0-9_.]+", "_", name)[:40] + "-" if name else ""
+    label = slug(name, keep="_.", limit=40, default="") + "-" if name else ""
     return f"ref-{label}n{len(reference_u8)}-{h.hexdigest()[:16]}-{extractor_identity(extractor, inception_weights=inception_weights)}"
 
 

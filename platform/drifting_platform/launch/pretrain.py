@@ -12,14 +12,13 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from ..home import drifting_home
 from ..pretrain.config import PretrainConfig, config_hash, load_pretrain_config, to_dict
 
 
 def default_out_dir(cfg: PretrainConfig) -> Path:
     """<drifting_home>/pretrain/<name>-<hash>: absolute (survives a Ray job's temporary cwd)
     and keyed by the config hash, so a re-run of the same config resumes its checkpoint."""
-    from ..tracking import drifting_home
-
     return drifting_home() / "pretrain" / f"{cfg.name}-{config_hash(cfg)}"
 
 

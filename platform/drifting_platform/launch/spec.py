@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -41,6 +40,7 @@ import yaml
 
 from .. import config as C
 from ..config import ConfigError
+from .. import rundir
 
 SEARCHES = ("grid", "optuna")
 SCHEDULERS = ("none", "asha")
@@ -107,8 +107,8 @@ def _err(path: str, msg: str, file: Path) -> SweepError:
 
 
 def slug(text: str) -> str:
-    s = re.sub(r"[^A-Za-z0-9.=+-]+", "_", str(text)).strip("_")
-    return s[:60] or "trial"
+    """A trial directory's / experiment folder's name for `text` (a row label, a grid point)."""
+    return rundir.slug(text, keep=".=+-", strip="_", limit=60, default="trial")
 
 
 def nest(path: str, value: Any) -> dict:

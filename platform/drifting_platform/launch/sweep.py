@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .. import config as C
+from ..home import drifting_home, sweeps_root
 from .spec import SweepError, SweepSpec, Trial, load_sweep, slug
 
 __all__ = ["run_sweep", "load_sweep", "SweepError", "SweepSpec", "SweepResult", "TrialResult", "sweeps_root", "TrackingCallback"]
@@ -47,12 +48,6 @@ _TUNE_KEYS = {
     "pid", "hostname", "node_ip", "config", "time_since_restore", "iterations_since_restore",
     "checkpoint_dir_name", "done", "experiment_tag", "should_checkpoint", "step", "final",
 }
-
-
-def sweeps_root() -> Path:
-    """`$DRIFTING_HOME/sweeps` (default ~/.drifting_platform/sweeps), absolute."""
-    home = os.environ.get("DRIFTING_HOME") or "~/.drifting_platform"
-    return Path(home).expanduser().resolve() / "sweeps"
 
 
 @dataclass
@@ -456,7 +451,7 @@ def prepare_encoders(spec: SweepSpec, *, cpus: float = 1.0, concurrency: int = 1
 
     import ray
 
-    from ..tracking import drifting_home, find_encoder_version, tracking_uri
+    from ..tracking import find_encoder_version, tracking_uri
 
     infos: dict = {}
     todo = []
