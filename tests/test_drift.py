@@ -4,12 +4,13 @@ field's mathematical contracts (anti-symmetry, equilibrium, equivariance, stop-g
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from helpers import golden_path, in_ci
 
 from drifting_platform.drift import cfg_negative_weight, drift_field, drift_loss, sample_cfg_alpha
 
@@ -17,9 +18,7 @@ GOLDEN_NAME = "drift_loss_official.npz"
 
 
 def _golden_path() -> Path:
-    root = os.environ.get("DRIFTING_GOLDEN_DIR")
-    base = Path(root) if root else Path(__file__).resolve().parents[2] / "shared" / "golden"
-    return base / GOLDEN_NAME
+    return golden_path(GOLDEN_NAME)
 
 
 def _golden_cases() -> list[str]:
@@ -29,10 +28,6 @@ def _golden_cases() -> list[str]:
     with np.load(path) as data:
         names = {key.split("/")[0] for key in data.files}
     return sorted(names, key=lambda name: (len(name), name))
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 
 
 def _case_tensor(data, case: str, name: str) -> torch.Tensor | None:
@@ -55,7 +50,7 @@ def test_matches_official_release(case, chunk):
     path = _golden_path()
     if case is None:
         message = f"golden file {path} is missing (set DRIFTING_GOLDEN_DIR)"
-        if _in_ci():
+        if in_ci():
             pytest.fail(message)
         pytest.skip(message)
     with np.load(path) as data:
@@ -347,3 +342,21 @@ def test_cfg_negative_weight():
     assert cfg_negative_weight(2.5, 5, 4).item() == pytest.approx(1.5)
     with pytest.raises(ValueError):
         cfg_negative_weight(2.0, 5, 0)
+
+
+def test_vendored_golden_files_equal_the_shared_ones():
+    """tests/data/golden is a copy of the shared golden folder (where that folder is present):
+    the copies that make the golden tests run on a fresh clone are the reference itself."""
+    import hashlib
+
+    from helpers import VENDORED_GOLDEN, shared_golden_dir
+
+    shared = shared_golden_dir()
+    if not shared.is_dir():
+        pytest.skip(f"no shared golden folder at {shared} to compare with")
+    vendored = sorted(p for p in VENDORED_GOLDEN.rglob("*") if p.is_file())
+    assert len(vendored) >= 7
+    for p in vendored:
+        ref = shared / p.relative_to(VENDORED_GOLDEN)
+        assert ref.is_file(), ref
+        assert hashlib.sha256(p.read_bytes()).digest() == hashlib.sha256(ref.read_bytes()).digest(), p

@@ -18,12 +18,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from helpers import golden_path, in_ci
+
 from drifting_platform import release as R
 from drifting_platform.cli import main as cli_main
 from drifting_platform.encoders.release_mae import ReleaseMAE
 from drifting_platform.models.release_dit import ReleaseDiTGenerator, release_pos_embed, rope, swiglu_hidden
 
-REPO = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).parent / "drifting-platform")
 TOL = 1e-4  # the golden README's agreement: max|ours - ref| / (max|ref| + 1e-6)
 CASES = ["generator_latent_tiny", "generator_plain_tiny", "mae_latent_tiny", "mae_pixel_tiny"]
@@ -32,24 +33,18 @@ CASES = ["generator_latent_tiny", "generator_plain_tiny", "mae_latent_tiny", "ma
 # --------------------------------------------------------------------------- golden files
 
 
-def _golden_dir() -> Path:
-    """../shared/golden/release_models beside the repository (as tests/test_drift.py finds
-    drift_loss_official.npz), or $DRIFTING_GOLDEN_DIR/release_models."""
-    root = os.environ.get("DRIFTING_GOLDEN_DIR")
-    base = Path(root) if root else REPO.parent / "shared" / "golden"
-    return base / "release_models"
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+def _golden_dir(name: str = "") -> Path:
+    """The folder of the release's golden cases that holds case `name` (the generator cases
+    ship under tests/data/golden, the MAE ones are read from the shared golden folder)."""
+    return golden_path(f"release_models/{name}").parent if name else golden_path("release_models")
 
 
 def _case(name: str) -> Path:
     """The golden case's folder; missing: a failure in CI, a skip elsewhere."""
-    folder = _golden_dir() / name
+    folder = _golden_dir(name) / name
     if not (folder / R.RELEASE_PARAMS).is_file() or not (folder.parent / f"{name}.npz").is_file():
         message = f"golden release case {folder} is missing (set DRIFTING_GOLDEN_DIR)"
-        if _in_ci():
+        if in_ci():
             pytest.fail(message)
         pytest.skip(message)
     return folder
@@ -446,7 +441,7 @@ def test_hf_name_from_the_cache_offline(tmp_path, monkeypatch, case):
     module, meta = R.load_release("hf://tiny_sota")
     assert meta["identity"]["name"] == "hf://tiny_sota"
     assert meta["identity"]["sha256"] == R.sha256_file(_case(case) / R.RELEASE_PARAMS)
-    _check_against_golden(module, meta, _golden_dir() / f"{case}.npz")
+    _check_against_golden(module, meta, _golden_dir(case) / f"{case}.npz")
     assert R.is_release_source("hf://tiny_sota")
 
 
