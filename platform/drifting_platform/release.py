@@ -26,8 +26,10 @@ import re
 from pathlib import Path
 from typing import Optional
 
+import msgpack
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from .encoders.release_mae import ReleaseMAE
 from .models.release_dit import ReleaseDiTGenerator
@@ -60,8 +62,6 @@ def _one_line(exc: object, limit: int = 300) -> str:
 
 
 def _ndarray(data: bytes) -> np.ndarray:
-    import msgpack
-
     shape, dtype, buf = msgpack.unpackb(data, raw=False)
     if dtype == "bfloat16":  # numpy has no bfloat16: reinterpret the bits through torch
         bits = torch.from_numpy(np.frombuffer(buf, dtype=np.uint16).copy())
@@ -70,8 +70,6 @@ def _ndarray(data: bytes) -> np.ndarray:
 
 
 def _ext_hook(code: int, data: bytes):
-    import msgpack
-
     if code == _EXT_NDARRAY:
         return _ndarray(data)
     if code == _EXT_SCALAR:
@@ -95,8 +93,6 @@ def _unchunk(tree):
 
 def read_msgpack(path: str | Path) -> dict:
     """The parameter tree of a flax msgpack file as nested dicts of numpy arrays."""
-    import msgpack
-
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -440,9 +436,7 @@ def read_release(path: str | Path, *, kind: Optional[str] = None) -> tuple[str, 
         module = _shape_template(k, meta["model_config"], str(folder / CONVERTED_META))
         weights = folder / CONVERTED_WEIGHTS
         try:
-            from safetensors.torch import load_file
-
-            state = load_file(str(weights))
+                state = load_file(str(weights))
         except FileNotFoundError:
             raise ReleaseError(f"{weights}: missing (a converted folder holds {CONVERTED_WEIGHTS} and {CONVERTED_META})") from None
         except Exception as exc:
@@ -497,8 +491,6 @@ def convert_release(path: str | Path, out: str | Path) -> Path:
     """Write `out/model.safetensors` + `out/release.json` for an artifact; nothing is written
     unless the whole artifact reads and checks (and a folder this call created is removed
     again if writing fails)."""
-    from safetensors.torch import save_file
-
     k, model_config, state, identity = read_release(path)
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -33,7 +33,8 @@ from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
-from .classifier import get_digits_classifier
+from .classifier import cache_dir as platform_cache_dir
+from .classifier import get_digits_classifier, recipe_hash
 from ..rundir import slug
 from .metrics import KEY_FID, KEY_KID, KEY_KID_STD
 
@@ -166,9 +167,7 @@ def extractor_identity(extractor: str, *, inception_weights=None) -> str:
     """What determines the extractor's features: the digits classifier's recipe (and torch)
     hash, or the Inception weights file (path, size, modification time)."""
     if extractor == "digits":
-        from .classifier import recipe_hash
-
-        return f"digits{recipe_hash()}"
+            return f"digits{recipe_hash()}"
     st = os.stat(inception_weights)
     blob = f"{os.path.realpath(inception_weights)}|{st.st_size}|{st.st_mtime_ns}"
     return "inception" + hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -188,8 +187,6 @@ def reference_cache_name(reference_u8: torch.Tensor, extractor: str, *, inceptio
 
 def reference_cache_root(cache_dir=None) -> str:
     """Where reference features / statistics live: `<platform cache>/fidelity`."""
-    from .classifier import cache_dir as platform_cache_dir
-
     return str(platform_cache_dir(cache_dir) / "fidelity")
 
 
