@@ -308,3 +308,9 @@ def test_serve_ui_answers_on_localhost(store, tmp_path):
         pytest.fail("MLflow UI processes outlived terminate()")
     with pytest.raises(OSError):  # nothing listens any more
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_import_registers_the_encoder_source_resolvers():
+    from drifting_platform.encoders import artifact as A
+
+    assert A._RESOLVERS["models:/"] is T.download_encoder and A._RESOLVERS["runs:/"] is T.download_encoder
