@@ -1,4 +1,4 @@
-"""tracking.py against a real SQLite MLflow store in a temporary folder."""
+"""The tracking package against a real SQLite MLflow store in a temporary folder."""
 from __future__ import annotations
 
 import math
