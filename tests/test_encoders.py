@@ -185,3 +185,41 @@ def test_random_cnn_first_stride_halves_the_first_stage():
     assert shapes["s1.loc"] == (16 * 16, 8) and shapes["s2.loc"] == (8 * 8, 16) and shapes["flat"] == (1, 1024)
     with pytest.raises(ValueError, match="first_stride"):
         build_encoder("random_cnn", (1, 32, 32), first_stride=3)
+
+
+# --------------------------------------------------------------------------- artifact format
+
+
+def test_parse_model_uri():
+    from drifting_platform.encoders.artifact import ModelURI, model_uri, parse_model_uri
+
+    assert parse_model_uri("models:/enc-a/3") == ModelURI("enc-a", 3) and model_uri("enc-a", 3) == "models:/enc-a/3"
+    latest = parse_model_uri("models:/enc-a/latest")
+    assert latest == ModelURI("enc-a") and latest.latest
+    assert parse_model_uri("models:/enc-a@prod") == ModelURI("enc-a", alias="prod")
+    with pytest.raises(ValueError, match="version must be a number"):
+        parse_model_uri("models:/enc-a/v2")
+    for bad in ("models:/enc-a", "runs:/abc/encoder", "models:/a/b/c"):
+        with pytest.raises(ValueError, match="expected models:/NAME/VERSION"):
+            parse_model_uri(bad)
+
+
+def test_registry_sources_go_through_registered_resolvers(tmp_path, monkeypatch):
+    from drifting_platform.encoders import artifact as A
+
+    monkeypatch.setattr(A, "_RESOLVERS", {})
+    with pytest.raises(RuntimeError, match="import drifting_platform.tracking"):
+        A.resolve_source("models:/enc/1")
+    asked = []
+    A.register_source_resolver("models:/", lambda s: asked.append(s) or tmp_path)
+    assert A.resolve_source("models:/enc/1") == tmp_path and asked == ["models:/enc/1"]
+    with pytest.raises(FileNotFoundError, match="pretrain"):
+        A.resolve_source(str(tmp_path / "nothing"))
+
+
+def test_artifact_module_imports_without_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, drifting_platform.encoders.artifact; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -22,8 +22,8 @@ SMALL = ["train.steps=4", "train.log_every=2", "sampling.n_pos=6", "sampling.n_u
 def mae_dir(tmp_path_factory):
     """A local learned-encoder directory (MAE layout: ResNet with GroupNorm and a mask
     channel) for 8x8 digits, with seeded random weights: what `pretrain_loop` writes."""
-    from drifting_platform.pretrain.backbone import ResNetBackbone
-    from drifting_platform.pretrain.loop import ENCODER_FORMAT
+    from drifting_platform.encoders.backbone import ResNetBackbone
+    from drifting_platform.encoders.artifact import ENCODER_FORMAT
 
     out = tmp_path_factory.mktemp("mae8")
     torch.manual_seed(0)

@@ -96,7 +96,7 @@ def test_pretrain_register_and_load_by_name(tmp_path):
     assert reg["uri"] == "models:/mae-digits32-w32/1"
 
     # the run: params, metric history (both phases), artifacts, tag naming the version
-    client = T._registry_client()
+    client = T.registry._registry_client()
     run = client.get_run(reg["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["backbone.widths"] == "[32, 64, 128]"
@@ -226,7 +226,7 @@ def test_encoder_sweep_pretrains_then_pins_versions(tmp_path):
         by_label = {t.label: t for t in res.trials}
         assert by_label["MAE w16"].overrides["encoder.source"] == "models:/mae-t-w16/1"
         assert by_label["SimCLR"].overrides["encoder.source"] == "models:/simclr-t/1"
-        client = T._registry_client()
+        client = T.registry._registry_client()
         for label, model in (("MAE w16", "mae-t-w16"), ("SimCLR", "simclr-t")):
             run = client.get_run(by_label[label].run_id)
             assert run.data.tags["drifting.encoder_model"] == model and run.data.tags["drifting.encoder_version"] == "1"

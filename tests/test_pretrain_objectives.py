@@ -340,7 +340,7 @@ def test_build_objective_names():
 
 
 def test_stem_stride_two_halves_every_stage():
-    from drifting_platform.pretrain.backbone import ResNetBackbone
+    from drifting_platform.encoders.backbone import ResNetBackbone
 
     net = ResNetBackbone(2, widths=(8, 16), stem_stride=2)
     maps = net(torch.zeros(3, 2, 32, 32))

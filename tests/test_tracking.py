@@ -1,4 +1,4 @@
-"""tracking.py against a real SQLite MLflow store in a temporary folder."""
+"""The tracking package against a real SQLite MLflow store in a temporary folder."""
 from __future__ import annotations
 
 import math
@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from drifting_platform import tracking as T
+from drifting_platform.home import drifting_home
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,7 +48,7 @@ def test_import_is_cheap():
 def test_default_uri_and_home(tmp_path, monkeypatch):
     monkeypatch.setenv("DRIFTING_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    home = T.drifting_home()
+    home = drifting_home()
     assert home == (tmp_path / "home").resolve() and home.is_dir()
     assert T.tracking_uri() == f"sqlite:///{home / 'mlflow.db'}"
     assert T.tracking_uri().startswith("sqlite:////")  # absolute
@@ -242,7 +243,7 @@ def test_with_retry_backoff():
     with pytest.raises(ValueError):
         T.with_retry(broken, delays=(0.01, 0.01))
     assert other == [1]  # other errors are not retried
-    assert sum(T._RETRY_DELAYS) <= 5.0
+    assert sum(T.store._RETRY_DELAYS) <= 5.0
 
 
 def test_track_run(store, tmp_path):
@@ -307,3 +308,9 @@ def test_serve_ui_answers_on_localhost(store, tmp_path):
         pytest.fail("MLflow UI processes outlived terminate()")
     with pytest.raises(OSError):  # nothing listens any more
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_import_registers_the_encoder_source_resolvers():
+    from drifting_platform.encoders import artifact as A
+
+    assert A._RESOLVERS["models:/"] is T.download_encoder and A._RESOLVERS["runs:/"] is T.download_encoder

@@ -84,6 +84,8 @@ def train(config: str, out: str, preset: str | None, overrides: tuple[str, ...],
         raise click.BadParameter("--gpu needs --workers N (N >= 1)", param_hint="--gpu")
     if storage_path and workers < 1:
         raise click.BadParameter("--storage-path is Ray Train's storage; it needs --workers N (N >= 1)", param_hint="--storage-path")
+    from . import tracking  # noqa: F401 - registers the resolvers of models:/ and runs:/ encoder sources
+
     fresh = not Path(out).exists()  # a run refused at the start leaves no empty --out behind
     try:
         if workers:

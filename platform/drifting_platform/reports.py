@@ -25,7 +25,8 @@ loosely (case, spaces, underscores, ``⁺/⁻/−`` and a parenthesised suffix a
 - ``normalization`` (kernel normalisation): ``softmax x,y`` (default), ``softmax y``, ``none``.
 - ``multiscale`` (multi-scale feature sets): ``a-b``, ``a-c``, ``a-d`` (default).
 
-Nothing here prints; the CLI does.
+Nothing here prints; the CLI does. (Over 400 lines: ``PAPER_TABLES``, the paper's numbers as
+data, lives beside the label matching that reads it.)
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from .home import drifting_home
 from .rundir import slug
+from .tracking import TAG_ERROR, TAG_ROW, SweepTracker
 
 PAPER_SOURCE = "Deng et al., 'Generative Modeling via Drifting' (arXiv 2602.04770)"
 PAPER_SETTING = "ImageNet 256, latent space, DiT-B/2, 100 epochs, FID-50k (lower is better)"
@@ -171,6 +173,14 @@ def _num(x: Any) -> Optional[float]:
     return f if math.isfinite(f) else None
 
 
+def _latest_sweep_id(tracker: SweepTracker, experiment: str) -> str:
+    """The run id of ``experiment``'s latest sweep (its parent run); LookupError when none."""
+    parent = tracker.find_latest_sweep()
+    if parent is None:
+        raise LookupError(f"no sweep of experiment {experiment!r} in the tracking store {tracker.uri}")
+    return parent.info.run_id
+
+
 def sweep_table(experiment: str, *, uri: Optional[str] = None, metric: str = "fid", parent_id: Optional[str] = None) -> list[dict]:
     """One row per child run of the latest sweep of ``experiment`` (or of ``parent_id``).
 
@@ -180,15 +190,8 @@ def sweep_table(experiment: str, *, uri: Optional[str] = None, metric: str = "fi
     ``paper`` and ``paper_ratio`` (the paper's value and its ratio to the paper's default, or
     None), ``steps``, ``seconds``, ``run_id``, ``error``. Order: the paper's order for labels it
     has, then the others in run start order. Raises ``LookupError`` when there is no sweep."""
-    from .tracking import TAG_ERROR, TAG_ROW, SweepTracker
-
     tracker = SweepTracker(experiment, uri=uri)
-    if parent_id is None:
-        parent = tracker.find_latest_sweep()
-        if parent is None:
-            raise LookupError(f"no sweep of experiment {experiment!r} in the tracking store {tracker.uri}")
-        parent_id = parent.info.run_id
-    children = tracker.child_runs(parent_id)
+    children = tracker.child_runs(parent_id or _latest_sweep_id(tracker, experiment))
 
     rows = []
     for run in children:
@@ -250,8 +253,6 @@ def _add_ratios(experiment: str, rows: list[dict]) -> None:
 def metric_histories(rows: Sequence[Mapping[str, Any]], *, uri: Optional[str] = None, keys: Optional[Iterable[str]] = None) -> dict[str, dict[str, list[tuple[int, float]]]]:
     """``{row label: {metric key: [(step, value), ...]}}`` for every metric the rows' runs logged
     (or only ``keys``)."""
-    from .tracking import SweepTracker
-
     tracker = SweepTracker(uri=uri)
     out: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for row in rows:
@@ -433,14 +434,8 @@ def write_report(
     ``log_to_parent``, log them to the parent run under ``report/`` plus the Markdown table as
     ``table.md``. Returns ``{"paths": {"md", "csv", "png"}, "table_markdown", "rows",
     "parent_run_id"}``. Prints nothing. Raises ``LookupError`` when there is no sweep."""
-    from .tracking import SweepTracker
-
     tracker = SweepTracker(experiment, uri=uri)
-    if parent_id is None:
-        parent = tracker.find_latest_sweep()
-        if parent is None:
-            raise LookupError(f"no sweep of experiment {experiment!r} in the tracking store {tracker.uri}")
-        parent_id = parent.info.run_id
+    parent_id = parent_id or _latest_sweep_id(tracker, experiment)
     rows = sweep_table(experiment, uri=tracker.uri, metric=metric, parent_id=parent_id)
     histories = metric_histories(rows, uri=tracker.uri)
 

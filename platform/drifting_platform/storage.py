@@ -23,6 +23,7 @@ the user-facing form, and errors name that form.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Optional, Union
 from urllib.parse import urlsplit
 
@@ -147,6 +148,4 @@ def ray_storage(storage_path: PathLike):
     filesystem); for a local path, ``(absolute path, None)``."""
     if is_s3(storage_path):
         return s3_path(storage_path), s3_filesystem()
-    from pathlib import Path
-
     return str(Path(storage_path).expanduser().resolve()), None

@@ -24,12 +24,14 @@ sqrt(two-pass variance + 1e-6). The release's training adds `global`, the flatte
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .artifact import META_FILE, WEIGHTS_FILE, artifact_folder, is_registry_uri, pinned_source, read_meta, resolve_source
 from .base import Encoder, register_encoder
 
 GN_EPS = 1e-6  # flax GroupNorm's epsilon
@@ -226,19 +228,15 @@ def load_pretrained_mae(source: str, input_shape: Sequence[int]) -> tuple[Releas
     objective `release_mae`: its run folder, the run's `encoder/` folder, or a registry URI
     (`models:/NAME/VERSION`, `models:/NAME/latest`, `runs:/...`, resolved like learned
     encoders' sources)."""
-    from pathlib import Path
-
-    from .learned import is_registry_uri, pinned_source, read_meta, resolve_source
-
     given = str(source)
     if not is_registry_uri(source):
         p = Path(source).expanduser()
-        if (p / "encoder" / "encoder.json").is_file():  # a pretrain run folder
-            source = str(p / "encoder")
-        elif not (p / "encoder.json").is_file() and not (p.is_file() and p.name == "encoder.json"):
+        folder = artifact_folder(p)  # the run folder's encoder/, or the artifact folder itself
+        if folder is None and not (p.is_file() and p.name == META_FILE):
             raise FileNotFoundError(
                 f"release_mae: {source}: not a release artifact (ema_params.msgpack + metadata.json), a converted one "
-                "(model.safetensors + release.json), hf://NAME, nor a `pretrain` output (encoder.json + weights.pt)")
+                f"(model.safetensors + release.json), hf://NAME, nor a `pretrain` output ({META_FILE} + {WEIGHTS_FILE})")
+        source = str(folder) if folder is not None else source
     path = resolve_source(source)
     meta = read_meta(path)
     if meta.get("objective") != "release_mae" or not isinstance(meta.get("model_config"), dict):
@@ -247,7 +245,7 @@ def load_pretrained_mae(source: str, input_shape: Sequence[int]) -> tuple[Releas
     if trained and trained != tuple(int(s) for s in input_shape):
         raise ValueError(f"encoder 'release_mae': {source} was trained on inputs {trained}, the data here are {tuple(input_shape)} (pre-train on the same data.size)")
     module = ReleaseMAE(**meta["model_config"])
-    module.load_state_dict(torch.load(path / "weights.pt", map_location="cpu", weights_only=True))
+    module.load_state_dict(torch.load(path / WEIGHTS_FILE, map_location="cpu", weights_only=True))
     provenance = {
         "source": given, "pinned": pinned_source(path), "objective": "release_mae", "config_hash": meta.get("config_hash"),
         "model_config": dict(meta["model_config"]), "finetuned": bool(meta.get("finetuned", False)),
@@ -275,6 +273,7 @@ class ReleaseMAEEncoder(Encoder):
         if source:
             if mae_kwargs:
                 raise TypeError(f"release_mae: {sorted(mae_kwargs)} cannot be given with a source (the artifact fixes the architecture)")
+            # release.py builds its MAE from this module: importing it at the top would be a cycle
             from ..release import is_release_source, load_release
 
             if is_release_source(source):

@@ -48,6 +48,7 @@ import ray.train
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from .. import tracking  # noqa: F401 - registers the models:/ and runs:/ encoder-source resolvers in workers
 from ..config import Config, ConfigError
 from ..train.checkpoint import CHECKPOINT_NAME
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .. import config as C
+from .. import tracking  # noqa: F401 - registers the models:/ and runs:/ encoder-source resolvers in trial processes
 from ..home import drifting_home, sweeps_root
 from .spec import SweepError, SweepSpec, Trial, load_sweep, slug
 

@@ -6,7 +6,7 @@
 """
 
 from .augment import affine_warp, augment, gaussian_noise, jitter, random_affine_theta, random_erase, two_views
-from .backbone import BasicBlock, ResNetBackbone, group_norm
+from ..encoders.backbone import BasicBlock, ResNetBackbone, group_norm
 from .objectives import (
     MAE, OBJECTIVES, FineTune, MoCo, Objective, ReleaseMAEObjective, SimCLR, append_mask_channel, build_objective,
     build_release_mae_objective, nt_xent, projection_head, release_lambda_cls,

@@ -35,13 +35,11 @@ from typing import Callable, Optional
 
 import torch
 
+from ..encoders.artifact import write_encoder_artifact
 from ..train import distributed as D
 from ..train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from ..train.loop import JsonlLog, lr_factor, resolve_device
 from .config import PretrainConfig, config_hash, to_dict
-
-ENCODER_DIR = "encoder"
-ENCODER_FORMAT = "drifting-encoder/1"
 
 
 class PretrainDiverged(RuntimeError):
@@ -122,35 +120,6 @@ def probe_accuracy(train_f, train_y, test_f, test_y) -> float:
     scaler = StandardScaler().fit(train_f.numpy())
     clf = LogisticRegression(max_iter=500).fit(scaler.transform(train_f.numpy()), train_y.numpy())
     return float(clf.score(scaler.transform(test_f.numpy()), test_y.numpy()))
-
-
-def write_encoder_artifact(out: Path, cfg: PretrainConfig, backbone: torch.nn.Module, *, input_shape, mask_channel: bool, finetuned: bool, extra: dict, arch: Optional[dict] = None) -> Path:
-    """out/encoder/{encoder.json, weights.pt}, written atomically (a directory rename).
-
-    arch: what encoder.json records about the architecture (default {"backbone": backbone.spec})."""
-    import shutil
-
-    final = out / ENCODER_DIR
-    tmp = out / (ENCODER_DIR + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save({k: v.detach().cpu() for k, v in backbone.state_dict().items()}, tmp / "weights.pt")
-    meta = {
-        "format": ENCODER_FORMAT,
-        "name": cfg.registered_name,
-        "objective": cfg.objective.name,
-        **(arch if arch is not None else {"backbone": dict(backbone.spec)}),
-        "input_shape": [int(s) for s in input_shape],
-        "mask_channel": bool(mask_channel),
-        "finetuned": bool(finetuned),
-        "data": {"name": cfg.data.name, "size": cfg.data.size},
-        "config_hash": config_hash(cfg),
-        **extra,
-    }
-    (tmp / "encoder.json").write_text(json.dumps(meta, indent=2) + "\n")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    return final
 
 
 def pretrain_loop(
@@ -324,7 +293,8 @@ def pretrain_loop(
             summary["probe_accuracy"] = probe_accuracy(f_tr, ds.y[train_idx], f_te, ds.y[test_idx])
             extra["probe_accuracy"] = summary["probe_accuracy"]
         path = write_encoder_artifact(
-            out, cfg, backbone, input_shape=ds.shape, mask_channel=mask_channel, extra=extra, arch=obj.artifact_meta(),
+            out, backbone, name=cfg.registered_name, objective=cfg.objective.name, data={"name": cfg.data.name, "size": cfg.data.size},
+            config_hash=config_hash(cfg), input_shape=ds.shape, mask_channel=mask_channel, extra=extra, arch=obj.artifact_meta(),
             finetuned=finetune is not None or (cfg.release_mae is not None and cfg.release_mae.finetune_last_steps > 0),
         )
         summary["encoder_dir"] = str(path)

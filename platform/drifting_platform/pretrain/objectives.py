@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..encoders.backbone import ResNetBackbone, group_norm
 from .augment import augment, two_views
-from .backbone import ResNetBackbone, group_norm
 
 #: augmentation of the fine-tune objective: the full family at half strength
 LIGHT_AUGMENT: dict[str, Any] = {"strength": 0.5}

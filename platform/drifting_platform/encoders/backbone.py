@@ -1,4 +1,5 @@
-"""A small ResNet-style conv encoder for small images and latents (8x8 .. 32x32).
+"""A small ResNet-style conv encoder for small images and latents (8x8 .. 32x32): what
+`pretrain/` trains and the learned encoders (`encoders/learned.py`) load.
 
 GroupNorm instead of BatchNorm: the pre-trained encoder is later frozen and run on small
 per-class batches (the drifting loss), where batch statistics would be noisy and would

@@ -1,0 +1,183 @@
+"""The encoder registry: pre-trained encoders as MLflow registered-model versions.
+
+``record_pretrain`` tracks a finished pre-training job (experiment ``encoders``) and
+registers its ``encoder/`` artifact as a new version, tagged with the config hash;
+``find_encoder_version`` finds a reusable version by that hash; ``resolve_model_uri`` pins a
+``models:/`` URI to a version number; ``download_encoder`` fetches a version (or a
+``runs:/`` artifact) into ``<drifting_home>/encoders/`` once. The artifact format and the
+``models:/`` syntax are those of ``encoders/artifact.py``.
+
+Importing this module registers ``download_encoder`` as the resolver of ``models:/`` and
+``runs:/`` encoder sources (``encoders.artifact.register_source_resolver``): a process
+builds an encoder from a registry URI only after ``import drifting_platform.tracking``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+from ..encoders.artifact import (
+    ENCODER_DIR, META_FILE, REGISTRY_PREFIXES, artifact_folder, model_uri, parse_model_uri, register_source_resolver,
+    write_registry_record,
+)
+from ..home import drifting_home
+from ..rundir import METRICS, SUMMARY
+from .client import SweepTracker
+from .store import clean_tags, dir_name, mask_url_credentials, tracking_uri, with_retry
+from .tags import TAG_CONFIG_HASH, TAG_ENCODER_MODEL, TAG_ENCODER_SOURCE, TAG_ENCODER_VERSION, TAG_EXPERIMENT, TAG_REGISTERED
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+ENCODER_EXPERIMENT = "encoders"
+
+
+def _registry_client(uri: Optional[str] = None):
+    from mlflow import MlflowClient
+
+    uri = uri or tracking_uri()
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def record_pretrain(
+    config: Mapping[str, Any],
+    run_dir: PathLike,
+    summary: Mapping[str, Any],
+    *,
+    name: str,
+    config_hash: str,
+    register: bool = True,
+    experiment: str = ENCODER_EXPERIMENT,
+    run_name: Optional[str] = None,
+    uri: Optional[str] = None,
+    tags: Optional[Mapping[str, Any]] = None,
+) -> dict:
+    """Track one finished encoder pre-training job and register its weights.
+
+    One run in ``experiment`` with the config as params, the metric history of
+    ``run_dir/metrics.jsonl``, the summary's numbers, and the artifacts ``encoder/``,
+    ``summary.json`` and ``metrics.jsonl``. With ``register``, a new version of registered
+    model ``name`` whose source is ``runs:/<run id>/encoder``, tagged with the config hash
+    (how sweeps find a reusable version), the objective and the probe accuracy. Returns
+    {"run_id", "name", "version", "uri"} (uri: ``models:/name/version``, or the run's
+    artifact URI when not registered).
+    """
+    run_dir = Path(run_dir)
+    tracker = SweepTracker(experiment, uri=uri)
+    meta = json.loads((run_dir / ENCODER_DIR / META_FILE).read_text())
+    run_tags = {**clean_tags(tags), TAG_EXPERIMENT: experiment, TAG_CONFIG_HASH: config_hash, "drifting.objective": meta.get("objective", "")}
+    run_id = tracker.create_run(experiment, run_name or name, run_tags)
+    try:
+        tracker.log_params(run_id, config)
+        metrics_file = run_dir / METRICS
+        if metrics_file.is_file():
+            for line in metrics_file.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                tracker.log_metrics(run_id, {k: v for k, v in row.items() if k != "step"}, int(row.get("step", 0)))
+        tracker.log_metrics(run_id, {k: v for k, v in summary.items() if k != "steps"}, int(summary.get("steps", 0)))
+        tracker.log_artifacts(run_id, run_dir / ENCODER_DIR, ENCODER_DIR)
+        tracker.log_artifacts(run_id, [p for p in (run_dir / SUMMARY, metrics_file) if p.is_file()])
+        artifact = f"runs:/{run_id}/{ENCODER_DIR}"
+        out = {"run_id": run_id, "name": name, "version": None, "uri": artifact}
+        if register:
+            client = _registry_client(tracker.uri)
+            try:
+                with_retry(client.create_registered_model, name, tags={"drifting.kind": "encoder"}, description="a frozen feature encoder for drifting models (drifting-platform pretrain)")
+            except Exception as exc:  # noqa: BLE001 - exists already (or created concurrently)
+                if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
+                    raise
+            mv_tags = {TAG_CONFIG_HASH: config_hash, "objective": str(meta.get("objective")), "widths": str(meta.get("backbone", {}).get("widths", meta.get("widths")))}
+            if "probe_accuracy" in summary:
+                mv_tags["probe_accuracy"] = f"{float(summary['probe_accuracy']):.4f}"
+            mv = with_retry(client.create_model_version, name, artifact, run_id=run_id, tags=mv_tags)
+            out.update(version=int(mv.version), uri=model_uri(name, mv.version))
+            tracker.set_tags(run_id, {TAG_REGISTERED: out["uri"]})
+        tracker.end_run(run_id, "FINISHED")
+        return out
+    except BaseException as exc:
+        tracker.end_run(run_id, "FAILED", repr(exc))
+        raise
+
+
+def find_encoder_version(name: str, config_hash: str, *, uri: Optional[str] = None) -> Optional[int]:
+    """The newest version of registered model ``name`` trained from ``config_hash`` (or None)."""
+    client = _registry_client(uri)
+    try:
+        versions = with_retry(client.search_model_versions, f"name='{name}'")
+    except Exception:  # noqa: BLE001 - no such model
+        return None
+    good = [int(v.version) for v in versions if (v.tags or {}).get(TAG_CONFIG_HASH) == config_hash and str(getattr(v, "status", "READY")) == "READY"]
+    return max(good) if good else None
+
+
+def resolve_model_uri(source: str, *, uri: Optional[str] = None) -> tuple[str, int]:
+    """``models:/NAME/VERSION``, ``models:/NAME/latest`` or ``models:/NAME@ALIAS`` -> (NAME,
+    version number) in the registry of store ``uri``; raises when there is no such version."""
+    parsed = parse_model_uri(source)
+    name = parsed.name
+    client = _registry_client(uri)
+    if parsed.alias:
+        return name, int(with_retry(client.get_model_version_by_alias, name, parsed.alias).version)
+    if parsed.latest:
+        versions = with_retry(client.search_model_versions, f"name='{name}'")
+        if not versions:
+            raise ValueError(f"{source}: registered model {name!r} has no versions in {mask_url_credentials(client.tracking_uri)}")
+        return name, max(int(v.version) for v in versions)
+    with_retry(client.get_model_version, name, str(parsed.version))  # raises when it does not exist
+    return name, parsed.version
+
+
+def download_encoder(source: str, *, uri: Optional[str] = None) -> Path:
+    """A local directory with the encoder artifact of ``source`` (``models:/...`` or ``runs:/...``).
+
+    Registry versions are immutable, so each is downloaded once into
+    ``<drifting_home>/encoders/<name>/<version>`` (atomically: concurrent trials may ask at once).
+    """
+    from mlflow.artifacts import download_artifacts
+
+    uri = uri or tracking_uri()
+    if source.startswith("models:/"):
+        name, version = resolve_model_uri(source, uri=uri)
+        client = _registry_client(uri)
+        artifact = with_retry(client.get_model_version, name, str(version)).source
+        pinned = model_uri(name, version)
+        dest = drifting_home() / "encoders" / dir_name(name) / str(version)
+    else:
+        artifact = pinned = source
+        dest = drifting_home() / "encoders" / "runs" / dir_name(source[len("runs:/"):])
+    if (dest / META_FILE).is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".dl-", dir=dest.parent))
+    try:
+        with_retry(download_artifacts, artifact_uri=artifact, dst_path=str(tmp), tracking_uri=uri)
+        got = artifact_folder(tmp)
+        if got is None:
+            raise FileNotFoundError(f"{source}: the artifact has no {META_FILE}")
+        write_registry_record(got, source=pinned, artifact=artifact)
+        try:
+            os.replace(got, dest)
+        except OSError:
+            if not (dest / META_FILE).is_file():  # lost a race only if the winner finished
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def encoder_version_tags(source: Optional[str], *, uri: Optional[str] = None) -> dict[str, str]:
+    """Tags a drifting run records about its encoder: the concrete registry version."""
+    if not source or not source.startswith("models:/"):
+        return {TAG_ENCODER_SOURCE: source} if source else {}
+    name, version = resolve_model_uri(source, uri=uri)
+    return {TAG_ENCODER_SOURCE: model_uri(name, version), TAG_ENCODER_MODEL: name, TAG_ENCODER_VERSION: str(version)}
+
+
+for _prefix in REGISTRY_PREFIXES:
+    register_source_resolver(_prefix, download_encoder)
