@@ -43,7 +43,7 @@ def write_mae_encoder(out: Path, widths=(32, 64, 128), seed: int = 0) -> Path:
     """A local encoder directory (encoder.json + weights.pt) with the MAE-w32 architecture
     for 32x32 digits: what `pretrain_loop` writes, with seeded random weights."""
     from drifting_platform.encoders.backbone import ResNetBackbone
-    from drifting_platform.encoders.artifact import ENCODER_FORMAT
+    from drifting_platform.encoder_artifact import ENCODER_FORMAT
 
     out.mkdir(parents=True, exist_ok=True)
     with torch.random.fork_rng(devices=[]):

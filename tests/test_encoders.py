@@ -191,7 +191,7 @@ def test_random_cnn_first_stride_halves_the_first_stage():
 
 
 def test_parse_model_uri():
-    from drifting_platform.encoders.artifact import ModelURI, model_uri, parse_model_uri
+    from drifting_platform.encoder_artifact import ModelURI, model_uri, parse_model_uri
 
     assert parse_model_uri("models:/enc-a/3") == ModelURI("enc-a", 3) and model_uri("enc-a", 3) == "models:/enc-a/3"
     latest = parse_model_uri("models:/enc-a/latest")
@@ -205,7 +205,7 @@ def test_parse_model_uri():
 
 
 def test_registry_sources_go_through_registered_resolvers(tmp_path, monkeypatch):
-    from drifting_platform.encoders import artifact as A
+    from drifting_platform import encoder_artifact as A
 
     monkeypatch.setattr(A, "_RESOLVERS", {})
     with pytest.raises(RuntimeError, match="import drifting_platform.tracking"):
@@ -221,5 +221,5 @@ def test_artifact_module_imports_without_torch():
     import subprocess
     import sys
 
-    code = "import sys, drifting_platform.encoders.artifact; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, drifting_platform.encoder_artifact; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -23,7 +23,7 @@ def mae_dir(tmp_path_factory):
     """A local learned-encoder directory (MAE layout: ResNet with GroupNorm and a mask
     channel) for 8x8 digits, with seeded random weights: what `pretrain_loop` writes."""
     from drifting_platform.encoders.backbone import ResNetBackbone
-    from drifting_platform.encoders.artifact import ENCODER_FORMAT
+    from drifting_platform.encoder_artifact import ENCODER_FORMAT
 
     out = tmp_path_factory.mktemp("mae8")
     torch.manual_seed(0)

@@ -20,7 +20,7 @@ ROOT = REPO / "platform" / PKG
 
 # a module may import modules of its own rank or below, never above
 LAYERS = {
-    0: ("config", "rundir", "home", "storage"),
+    0: ("config", "rundir", "home", "storage", "encoder_artifact"),
     1: ("drift", "eval", "sampling"),
     2: ("models", "data"),
     3: ("release", "encoders"),  # release: the authors' artifacts read into models/ networks

@@ -22,7 +22,7 @@ from helpers import golden_path, in_ci
 
 from drifting_platform import release as R
 from drifting_platform.cli import main as cli_main
-from drifting_platform.encoders.release_mae import ReleaseMAE
+from drifting_platform.models.release_mae import ReleaseMAE
 from drifting_platform.models.release_dit import ReleaseDiTGenerator, release_pos_embed, rope, swiglu_hidden
 
 CLI = str(Path(sys.executable).parent / "drifting-platform")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from drifting_platform.config import ConfigError
-from drifting_platform.encoders.release_mae import ReleaseMAE, fold_patches
+from drifting_platform.models.release_mae import ReleaseMAE, fold_patches
 from drifting_platform.pretrain import ReleaseMAEObjective, build_release_mae_objective, release_lambda_cls
 from drifting_platform.pretrain.config import config_hash, load_pretrain_config
 

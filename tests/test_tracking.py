@@ -311,6 +311,6 @@ def test_serve_ui_answers_on_localhost(store, tmp_path):
 
 
 def test_import_registers_the_encoder_source_resolvers():
-    from drifting_platform.encoders import artifact as A
+    from drifting_platform import encoder_artifact as A
 
     assert A._RESOLVERS["models:/"] is T.download_encoder and A._RESOLVERS["runs:/"] is T.download_encoder

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .encoders.release_mae import ReleaseMAE
+from .models.release_mae import ReleaseMAE
 from .models.release_dit import ReleaseDiTGenerator
 
 HF_REPO = "Goodeat/drifting"

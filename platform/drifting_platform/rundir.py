@@ -8,7 +8,7 @@ A run directory (`drifting-platform train --out DIR`, `pretrain --out DIR`, one 
     summary.json      the final metrics; its presence means "finished"
     samples.npz       evaluation samples (`samples` float32, `labels` int64)
     samples.png       a grid of them
-    encoder/          pretrain only: encoder.json + weights.pt (encoders/artifact.py)
+    encoder/          pretrain only: encoder.json + weights.pt (encoder_artifact.py)
 
 A trial directory is a run directory plus the sweep's markers:
 

@@ -4,7 +4,7 @@
     encoder: {name: simclr, source: runs/enc-simclr/encoder}         # a local artifact dir
 
 A source is what `pretrain_loop` writes (`encoder.json` + `weights.pt`, the format of
-`encoders/artifact.py`). Registry URIs (`models:/NAME/VERSION`, `models:/NAME/latest`,
+`encoder_artifact.py`). Registry URIs (`models:/NAME/VERSION`, `models:/NAME/latest`,
 `models:/NAME@ALIAS`, `runs:/...`) are resolved by the resolvers `drifting_platform.tracking`
 registers when it is imported, so this module never imports MLflow. The name (`simclr`,
 `moco`, `mae`, or `learned` for any; `config.LEARNED_ENCODERS`) must match the artifact's
@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..config import LEARNED_ENCODERS
-from .artifact import WEIGHTS_FILE, pinned_source, read_meta, resolve_source
+from ..encoder_artifact import WEIGHTS_FILE, pinned_source, read_meta, resolve_source
 from .backbone import ResNetBackbone
 from .base import Encoder, register_encoder
 from .multiscale import multiscale_features

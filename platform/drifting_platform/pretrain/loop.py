@@ -35,7 +35,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ..encoders.artifact import write_encoder_artifact
+from ..encoder_artifact import write_encoder_artifact
 from ..train import distributed as D
 from ..train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from ..train.loop import JsonlLog, lr_factor, resolve_device

@@ -5,10 +5,10 @@ registers its ``encoder/`` artifact as a new version, tagged with the config has
 ``find_encoder_version`` finds a reusable version by that hash; ``resolve_model_uri`` pins a
 ``models:/`` URI to a version number; ``download_encoder`` fetches a version (or a
 ``runs:/`` artifact) into ``<drifting_home>/encoders/`` once. The artifact format and the
-``models:/`` syntax are those of ``encoders/artifact.py``.
+``models:/`` syntax are those of ``encoder_artifact.py``.
 
 Importing this module registers ``download_encoder`` as the resolver of ``models:/`` and
-``runs:/`` encoder sources (``encoders.artifact.register_source_resolver``): a process
+``runs:/`` encoder sources (``encoder_artifact.register_source_resolver``): a process
 builds an encoder from a registry URI only after ``import drifting_platform.tracking``.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
-from ..encoders.artifact import (
+from ..encoder_artifact import (
     ENCODER_DIR, META_FILE, REGISTRY_PREFIXES, artifact_folder, model_uri, parse_model_uri, register_source_resolver,
     write_registry_record,
 )
