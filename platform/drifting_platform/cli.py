@@ -18,8 +18,7 @@ from pathlib import Path
 import click
 
 from .config import ConfigError, load_config, preset_names, to_dict
-
-REPO_EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
+from .home import EXPERIMENTS_DIR
 
 
 def resolve_config_path(path: str) -> Path:
@@ -27,7 +26,7 @@ def resolve_config_path(path: str) -> Path:
     p = Path(path)
     if p.exists():
         return p
-    for base in (Path("experiments"), Path("experiments/configs"), REPO_EXPERIMENTS, REPO_EXPERIMENTS / "configs"):
+    for base in (Path("experiments"), Path("experiments/configs"), EXPERIMENTS_DIR, EXPERIMENTS_DIR / "configs"):
         for cand in (base / p, base / f"{p}.yaml"):
             if cand.exists():
                 return cand

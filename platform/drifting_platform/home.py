@@ -15,6 +15,9 @@ import os
 from pathlib import Path
 
 ENV = "DRIFTING_HOME"
+# the repository's experiments/ folder (configs, sweep files, the paper's numbers); the
+# package is installed from the repository in place (pip install -e), so it is beside it
+EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
 DEFAULT = "~/.drifting_platform"
 
 

@@ -5,28 +5,15 @@ tracking store and returns one row per child run; ``write_report`` renders it to
 ``<out_dir>/<experiment>.md|.csv|.png`` and logs the three files (under ``report/``) and the
 Markdown table (as ``table.md``) to the parent run.
 
-``PAPER_TABLES`` holds the paper's ablation numbers (Deng et al., 2026, arXiv 2602.04770;
-ImageNet 256, latent space, DiT-B/2, 100 epochs, FID-50k, lower is better). They are printed
+``PAPER_TABLES`` holds the paper's ablation numbers, read from
+``experiments/paper_tables.yaml`` (Deng et al., 2026, arXiv 2602.04770; ImageNet 256, latent space, DiT-B/2, 100 epochs, FID-50k, lower is better). They are printed
 beside our numbers for comparison: they are never our results. Row labels are matched
 loosely (case, spaces, underscores, ``⁺/⁻/−`` and a parenthesised suffix are ignored; a
 ``name=`` prefix such as ``tau=0.02`` is tried without it), so a sweep row named
-``V+ - V- (default)`` finds ``V+ - V-``. Row labels per table:
+``V+ - V- (default)`` finds ``V+ - V-``; each table's labels and other spellings are in the
+YAML file.
 
-- ``antisymmetry`` (Table 1): ``V+ - V-`` (default), ``1.5 V+ - V-``, ``V+ - 1.5 V-``,
-  ``2 V+ - V-``, ``V+ - 2 V-``, ``V+ only``.
-- ``temperature`` (kernel temperature τ): ``0.02``, ``0.05``, ``0.2``, ``all three`` (default).
-- ``allocation`` (Table 2, fixed budget B = 4096): first half, N_c = N_neg = 64 with varying
-  N_pos: ``N_pos=1``, ``N_pos=16``, ``N_pos=32``, ``N_pos=64`` (default); second half,
-  N_pos = N_neg varying with N_c: ``N_c=512,N_pos=8``, ``N_c=256,N_pos=16``,
-  ``N_c=128,N_pos=32``, ``N_c=64,N_pos=64`` (the same setting as ``N_pos=64``).
-- ``encoder`` (Table 3, ResNet encoders): ``SimCLR``, ``MoCo-v2`` (width 256),
-  ``MAE w256`` (default), ``MAE w384``, ``MAE w512``, ``MAE w640`` (latent-MAE, 192 epochs),
-  ``MAE w640 1280ep`` (1280 epochs), ``MAE w640 cls-ft`` (+ classifier fine-tune).
-- ``normalization`` (kernel normalisation): ``softmax x,y`` (default), ``softmax y``, ``none``.
-- ``multiscale`` (multi-scale feature sets): ``a-b``, ``a-c``, ``a-d`` (default).
-
-Nothing here prints; the CLI does. (Over 400 lines: ``PAPER_TABLES``, the paper's numbers as
-data, lives beside the label matching that reads it.)
+Nothing here prints; the CLI does.
 """
 from __future__ import annotations
 
@@ -36,75 +23,39 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from .home import drifting_home
+import yaml
+
+from .home import EXPERIMENTS_DIR, drifting_home
 from .rundir import slug
 from .tracking import TAG_ERROR, TAG_ROW, SweepTracker
 
-PAPER_SOURCE = "Deng et al., 'Generative Modeling via Drifting' (arXiv 2602.04770)"
-PAPER_SETTING = "ImageNet 256, latent space, DiT-B/2, 100 epochs, FID-50k (lower is better)"
+PAPER_TABLES_FILE = EXPERIMENTS_DIR / "paper_tables.yaml"
 
 
-def _table(source: str, rows: Sequence[tuple[str, float]], default: str, note: str = "") -> dict:
-    return {
-        "metric": "fid",
-        "source": f"{PAPER_SOURCE}, {source}",
-        "setting": PAPER_SETTING,
-        "note": "The paper's ImageNet-256 numbers, printed for comparison; never ours." + (f" {note}" if note else ""),
-        "default": default,
-        "rows": dict(rows),
-    }
+def load_paper_tables(path: str | Path = PAPER_TABLES_FILE) -> tuple[dict[str, dict], dict[str, dict[str, str]]]:
+    """(tables, aliases) from the paper's numbers file (experiments/paper_tables.yaml).
+
+    tables: experiment -> {metric, source, setting, note, default, rows: {label: value}};
+    aliases: experiment -> {other spelling: paper label}."""
+    raw = yaml.safe_load(Path(path).read_text())
+    tables, aliases = {}, {}
+    for name, t in raw["tables"].items():
+        note = "The paper's ImageNet-256 numbers, printed for comparison; never ours."
+        tables[name] = {
+            "metric": raw["metric"],
+            "source": f"{raw['paper']}, {t['source']}",
+            "setting": raw["setting"],
+            "note": note + (f" {t['note']}" if t.get("note") else ""),
+            "default": t["default"],
+            "rows": {str(k): float(v) for k, v in t["rows"].items()},
+        }
+        aliases[name] = {str(k): str(v) for k, v in (t.get("aliases") or {}).items()}
+    return tables, aliases
 
 
-#: the paper's numbers: experiment -> {metric, source, setting, note, default, rows: {label: value}}
-PAPER_TABLES: dict[str, dict] = {
-    "antisymmetry": _table(
-        "Table 1 (anti-symmetry of the drifting field)",
-        [("V+ - V-", 8.46), ("1.5 V+ - V-", 41.05), ("V+ - 1.5 V-", 46.28), ("2 V+ - V-", 86.16),
-         ("V+ - 2 V-", 112.84), ("V+ only", 177.14)],
-        "V+ - V-",
-    ),
-    "temperature": _table(
-        "kernel temperature ablation",
-        [("0.02", 10.62), ("0.05", 8.67), ("0.2", 8.96), ("all three", 8.46)],
-        "all three",
-        "'all three' = temperatures (0.02, 0.05, 0.2) together.",
-    ),
-    "allocation": _table(
-        "Table 2 (positive / negative allocation, fixed budget B = 4096)",
-        [("N_pos=1", 20.43), ("N_pos=16", 10.39), ("N_pos=32", 8.97), ("N_pos=64", 8.46),
-         ("N_c=512,N_pos=8", 11.82), ("N_c=256,N_pos=16", 10.16), ("N_c=128,N_pos=32", 9.32),
-         ("N_c=64,N_pos=64", 8.46)],
-        "N_pos=64",
-        "Rows 'N_pos=k': N_c = 64 classes, N_neg = 64. Rows 'N_c=c,N_pos=k': N_neg = N_pos.",
-    ),
-    "encoder": _table(
-        "Table 3 (feature encoder; ResNet encoders)",
-        [("SimCLR", 11.05), ("MoCo-v2", 8.41), ("MAE w256", 8.46), ("MAE w384", 7.26),
-         ("MAE w512", 6.49), ("MAE w640", 6.30), ("MAE w640 1280ep", 4.28), ("MAE w640 cls-ft", 3.36)],
-        "MAE w256",
-        "SimCLR / MoCo-v2 width 256; 'MAE wN' = latent-MAE, 192 epochs, width N; "
-        "'1280ep' = 1280 epochs; 'cls-ft' = + classifier fine-tune.",
-    ),
-    "normalization": _table(
-        "kernel normalisation ablation",
-        [("softmax x,y", 8.46), ("softmax y", 8.92), ("none", 10.54)],
-        "softmax x,y",
-    ),
-    "multiscale": _table(
-        "multi-scale feature set ablation",
-        [("a-b", 9.58), ("a-c", 9.10), ("a-d", 8.46)],
-        "a-d",
-    ),
-}
-
-# extra spellings -> canonical label, per table (keys normalised by _norm)
-_ALIASES: dict[str, dict[str, str]] = {
-    "antisymmetry": {"attraction only": "V+ only", "v+ only (attraction only)": "V+ only", "default": "V+ - V-"},
-    "temperature": {"all": "all three", "multi": "all three", "0.02,0.05,0.2": "all three", "(0.02,0.05,0.2)": "all three"},
-    # "release Latent-MAE (ours: w32)": the release's own architecture at the paper's width / 16
-    "encoder": {"moco": "MoCo-v2", "mocov2": "MoCo-v2", "mae": "MAE w256", "release latent-mae": "MAE w512"},
-    "multiscale": {"(a,b)": "a-b", "a,b": "a-b", "(a-c)": "a-c", "(a-d)": "a-d"},
-}
+#: the paper's numbers: experiment -> {metric, source, setting, note, default, rows: {label: value}};
+#: _ALIASES: extra spellings -> canonical label, per table (keys normalised by _norm)
+PAPER_TABLES, _ALIASES = load_paper_tables()
 
 CSV_FIELDS = ("label", "status", "metric", "value", "ratio", "paper", "paper_ratio", "steps", "seconds", "run_id", "error")
 
