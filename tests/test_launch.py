@@ -295,3 +295,24 @@ def test_smoke_sweep_two_rows(ray_local, tmp_path):
         assert any(p.endswith("samples.npz") for p in arts) and any(p.endswith("samples.png") for p in arts)
         assert ("end_run", rid, "FINISHED", None) in tracker.calls
     assert tracker.calls[-1] == ("end_run", "run1", "FINISHED", None)
+
+
+def test_tune_configs_carry_the_values_and_name_the_trial():
+    """Tune's configs hold the trials' own values: a grid / rows record, or an Optuna point
+    whose non-scalar choices travel as JSON; `describe` reads both back, and an Optuna
+    point's directory depends on its values alone."""
+    from drifting_platform.launch.points import describe, tune_choices
+
+    rows = load_sweep(REPO / "experiments" / "antisymmetry.yaml", preset="smoke")
+    for t in rows.trials:
+        assert describe(rows, {"trial": json.loads(json.dumps(t.record()))}) == t
+    hpo = load_sweep(REPO / "experiments" / "hpo.yaml", preset="smoke")
+    temps = hpo.space["drift.temperatures"]["choice"]
+    assert tune_choices(temps) == [json.dumps(v) for v in temps]
+    assert tune_choices(hpo.space["sampling.n_pos"]["choice"]) == [8, 16, 32]
+    point = {"train.lr": 1e-3, "drift.temperatures": json.dumps([0.02, 0.05, 0.2]), "sampling.n_pos": 16}
+    trial = describe(hpo, point)
+    assert trial.params == {"train.lr": 1e-3, "drift.temperatures": [0.02, 0.05, 0.2], "sampling.n_pos": 16}
+    assert hpo.trial_config(trial.params).drift.temperatures == (0.02, 0.05, 0.2)
+    assert describe(hpo, dict(reversed(point.items()))).dirname == trial.dirname
+    assert describe(hpo, {**point, "sampling.n_pos": 8}).dirname != trial.dirname

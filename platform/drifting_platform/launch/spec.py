@@ -28,6 +28,7 @@ The small sections (`resources`, `scheduler`, `metric`, a row, an encoder) are f
 dataclasses built by the configs' strict builder (`config.build_dataclass`). The base config
 is read and resolved once (`SweepSpec.base_raw`); grid and rows trials are each built from
 it and validated before anything starts (`points.py`); for ranges the endpoints are validated.
+(Over 400 lines: the sweep file's whole schema and every error message it gives, in one place.)
 """
 
 from __future__ import annotations
