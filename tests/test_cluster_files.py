@@ -378,7 +378,7 @@ def test_rayjob_preset_trials_run_on_the_gpu_workers():
     script, preset = _entrypoint(rayjob())
     spec = load_sweep(_sweep_file(script), preset=preset)
     cfg = spec.trial_config(spec.trials[0].params)
-    assert spec.resources["gpu"] is True, "the RayJob brings GPU workers, the sweep should use them"
+    assert spec.resources.gpu is True, "the RayJob brings GPU workers, the sweep should use them"
     assert cfg.train.device in ("cuda", "auto")
 
 

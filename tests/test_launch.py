@@ -5,6 +5,7 @@ Real Ray (a local 2-CPU instance started here, never an existing cluster) and re
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import textwrap
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from drifting_platform.config import ConfigError, load_config
-from drifting_platform.launch.spec import SweepError, load_sweep
+from drifting_platform.launch.spec import Metric, SweepError, load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = REPO / "experiments" / "configs" / "digits.yaml"
@@ -46,7 +47,8 @@ def _home(tmp_path, monkeypatch):
 
 
 class FakeTracker:
-    """Records the SweepTracker calls (docs/internals.md) made by the driver."""
+    """Records the SweepTracker calls (docs/internals.md) made by the driver; implements
+    the whole `SweepTracking` protocol (test_fake_and_real_tracker_follow_the_protocol)."""
 
     def __init__(self):
         self.calls = []
@@ -56,9 +58,9 @@ class FakeTracker:
         self.n += 1
         return f"run{self.n}"
 
-    def start_sweep(self, name, params, tags):
+    def start_sweep(self, name, params, tags, resume_run_id=None):
         self.calls.append(("start_sweep", name, params, tags))
-        return self._id()
+        return resume_run_id or self._id()
 
     def start_trial(self, parent_id, trial_name, params, tags):
         rid = self._id()
@@ -73,6 +75,57 @@ class FakeTracker:
 
     def end_run(self, run_id, status, error=None):
         self.calls.append(("end_run", run_id, status, error))
+
+    def find_sweep_run(self, experiment, sweep_name):
+        self.calls.append(("find_sweep_run", experiment, sweep_name))
+        return None  # no earlier sweep: --resume starts a new parent run
+
+    def child_runs(self, parent_id):
+        return []
+
+    def reopen_run(self, run_id):
+        self.calls.append(("reopen_run", run_id))
+
+    def last_steps(self, run_id):
+        return {}
+
+
+def _protocol_methods(proto) -> list[str]:
+    return [n for n, v in vars(proto).items() if callable(v) and not n.startswith("_")]
+
+
+def _accepts(impl, proto_fn) -> list[str]:
+    """Why `impl` cannot be called the way the protocol method `proto_fn` is ([] if it can)."""
+    want = [p for p in inspect.signature(proto_fn).parameters.values() if p.name != "self"]
+    have = {p.name: p for p in inspect.signature(impl).parameters.values() if p.name != "self"}
+    positional = [p for p in have.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    problems = []
+    for i, p in enumerate(want):
+        q = have.get(p.name)
+        if q is None:
+            problems.append(f"no parameter {p.name!r}")
+        elif p.kind == p.POSITIONAL_OR_KEYWORD and (i >= len(positional) or positional[i].name != p.name):
+            problems.append(f"{p.name!r} is not positional parameter {i}")
+        elif p.default is not p.empty and q.default is q.empty:
+            problems.append(f"{p.name!r} has no default")
+    extra = [q.name for q in have.values() if q.name not in {p.name for p in want} and q.default is q.empty and q.kind not in (q.VAR_POSITIONAL, q.VAR_KEYWORD)]
+    problems += [f"extra required parameter {n!r}" for n in extra]
+    return problems
+
+
+def test_fake_and_real_tracker_follow_the_protocol():
+    """`SweepTracking` names every tracker call of a sweep; the fake and the MLflow tracker
+    both take each the way the sweep makes it."""
+    pytest.importorskip("ray")
+    from drifting_platform.launch.callback import SweepTracking
+    from drifting_platform.tracking import SweepTracker
+
+    methods = _protocol_methods(SweepTracking)
+    assert {"start_sweep", "start_trial", "log_metrics", "log_artifacts", "end_run", "find_sweep_run", "child_runs", "reopen_run", "last_steps"} <= set(methods)
+    for cls in (FakeTracker, SweepTracker):
+        for name in methods:
+            assert callable(getattr(cls, name, None)), f"{cls.__name__} lacks {name}"
+            assert not _accepts(getattr(cls, name), getattr(SweepTracking, name)), f"{cls.__name__}.{name}: {_accepts(getattr(cls, name), getattr(SweepTracking, name))}"
 
 
 # --------------------------------------------------------------------------- validation
@@ -129,16 +182,16 @@ def test_run_sweep_rejects_bad_trial_before_ray(tmp_path, ray_down):
 @pytest.mark.parametrize("preset", ["smoke", "local"])
 def test_shipped_sweep_files_validate(name, preset):
     spec = load_sweep(REPO / "experiments" / f"{name}.yaml", preset=preset)
-    assert spec.metric == {"name": "fid", "mode": "min"}
+    assert spec.metric == Metric(name="fid", mode="min")
     if name == "antisymmetry":
-        assert [r["name"] for r in spec.rows] == ["V+ - V-", "1.5 V+ - V-", "V+ - 1.5 V-", "2 V+ - V-", "V+ - 2 V-", "V+ only"]
+        assert [r.name for r in spec.rows] == ["V+ - V-", "1.5 V+ - V-", "V+ - 1.5 V-", "2 V+ - V-", "V+ - 2 V-", "V+ only"]
         assert spec.trial_config(spec.trials[-1].params).drift.repulsion_scale == 0.0
     if name == "temperature":
         assert [t.label for t in spec.trials] == ["0.02", "0.05", "0.2", "all three"]
     if name == "cfg_gamma":
         assert [spec.trial_config(t.params).cfg.gamma for t in spec.trials] == [0.0, 0.25, 0.5, 0.75]
     if name == "hpo":
-        assert spec.search == "optuna" and spec.scheduler["name"] == "asha"
+        assert spec.search == "optuna" and spec.scheduler.name == "asha"
         assert spec.num_samples == (2 if preset == "smoke" else 16)
 
 
@@ -242,3 +295,24 @@ def test_smoke_sweep_two_rows(ray_local, tmp_path):
         assert any(p.endswith("samples.npz") for p in arts) and any(p.endswith("samples.png") for p in arts)
         assert ("end_run", rid, "FINISHED", None) in tracker.calls
     assert tracker.calls[-1] == ("end_run", "run1", "FINISHED", None)
+
+
+def test_tune_configs_carry_the_values_and_name_the_trial():
+    """Tune's configs hold the trials' own values: a grid / rows record, or an Optuna point
+    whose non-scalar choices travel as JSON; `describe` reads both back, and an Optuna
+    point's directory depends on its values alone."""
+    from drifting_platform.launch.points import describe, tune_choices
+
+    rows = load_sweep(REPO / "experiments" / "antisymmetry.yaml", preset="smoke")
+    for t in rows.trials:
+        assert describe(rows, {"trial": json.loads(json.dumps(t.record()))}) == t
+    hpo = load_sweep(REPO / "experiments" / "hpo.yaml", preset="smoke")
+    temps = hpo.space["drift.temperatures"]["choice"]
+    assert tune_choices(temps) == [json.dumps(v) for v in temps]
+    assert tune_choices(hpo.space["sampling.n_pos"]["choice"]) == [8, 16, 32]
+    point = {"train.lr": 1e-3, "drift.temperatures": json.dumps([0.02, 0.05, 0.2]), "sampling.n_pos": 16}
+    trial = describe(hpo, point)
+    assert trial.params == {"train.lr": 1e-3, "drift.temperatures": [0.02, 0.05, 0.2], "sampling.n_pos": 16}
+    assert hpo.trial_config(trial.params).drift.temperatures == (0.02, 0.05, 0.2)
+    assert describe(hpo, dict(reversed(point.items()))).dirname == trial.dirname
+    assert describe(hpo, {**point, "sampling.n_pos": 8}).dirname != trial.dirname

@@ -228,19 +228,17 @@ def release_info(path: str) -> None:
 @click.option("--storage-path", default=None, metavar="DIR|s3://BUCKET/PREFIX", help="Where Ray Tune keeps its state and multi-worker trials their Ray Train checkpoints (default: the sweep directory). s3:// uses AWS_ENDPOINT_URL and the AWS credential chain.")
 def sweep(sweep_file: str, preset: str | None, overrides: tuple[str, ...], out_root: str | None, resume: bool, no_report: bool, storage_path: str | None) -> None:
     """Run a Ray Tune sweep (grid, rows or Optuna) tracked in MLflow; then print its table."""
-    from .launch.spec import SweepError
+    from .launch.sweep import run_sweep  # Ray loads only once the sweep file is valid
 
     path = resolve_config_path(sweep_file)
     try:
-        from .launch.sweep import run_sweep
-
         result = run_sweep(path, preset=preset, overrides=overrides, out_root=out_root, resume=resume, storage_path=storage_path)
-    except (SweepError, ConfigError) as exc:
+    except ConfigError as exc:  # a SweepError or a trial's ConfigError
         raise click.ClickException(f"bad sweep: {exc}") from None
     except _run_errors() as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
     for t in result.trials:
-        shown = {k: round(v, 4) for k, v in t.metrics.items() if k in (result.metric["name"], "kid", "mmd", "modes_covered", "steps", "seconds")}
+        shown = {k: round(v, 4) for k, v in t.metrics.items() if k in (result.metric.name, "kid", "mmd", "modes_covered", "steps", "seconds")}
         click.echo(f"  {t.status:9s} {t.label:28s} {shown}" + (f"  error: {t.error.splitlines()[0]}" if t.error else ""))
     click.echo(f"trials in {result.sweep_dir}")
     if not no_report and result.parent_run_id:

@@ -14,6 +14,11 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from ..config import ConfigError
+from ..reports import write_report
+from ..tracking import TrackingUnavailable, tracking_uri
+from .sweep import run_sweep
+
 
 def ablation_main(sweep: Path, doc: str, argv: Optional[list[str]] = None) -> int:
     name = Path(sweep).stem
@@ -23,12 +28,6 @@ def ablation_main(sweep: Path, doc: str, argv: Optional[list[str]] = None) -> in
     parser.add_argument("--resume", action="store_true", help=f"continue the latest {name} sweep")
     parser.add_argument("--out", default=None, help="where the report files go (default ~/.drifting_platform/reports)")
     args = parser.parse_args(argv)
-
-    from ..config import ConfigError
-    from ..reports import write_report
-    from ..tracking import TrackingUnavailable, tracking_uri
-    from .sweep import run_sweep
-
     try:
         result = run_sweep(sweep, preset=args.preset, overrides=args.overrides, resume=args.resume)
     except ConfigError as exc:

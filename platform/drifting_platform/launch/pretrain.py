@@ -12,8 +12,12 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from ..config import flatten
+from ..encoder_artifact import model_uri
 from ..home import drifting_home
 from ..pretrain.config import PretrainConfig, config_hash, load_pretrain_config, to_dict
+from ..pretrain.loop import pretrain_loop
+from ..tracking import find_encoder_version, record_pretrain
 
 
 def default_out_dir(cfg: PretrainConfig) -> Path:
@@ -41,16 +45,11 @@ def run_pretrain(
     out = Path(out_dir).expanduser().resolve() if out_dir else default_out_dir(cfg)
     t0 = time.time()
     if workers:
-        from .ray_train import fit_ray
+        from .ray_train import fit_ray  # imports Ray: `pretrain` without workers runs without it
 
         summary = fit_ray(cfg, out, workers=workers, gpu=gpu, resume=resume, progress=progress)
     else:
-        from ..pretrain.loop import pretrain_loop
-
         summary = pretrain_loop(cfg, out, resume=resume, progress=progress)
-    from ..config import flatten
-    from ..tracking import record_pretrain
-
     do_register = cfg.register.enabled if register is None else register
     registered = record_pretrain(
         flatten(to_dict(cfg)), out, summary, name=cfg.registered_name, config_hash=config_hash(cfg),
@@ -63,13 +62,11 @@ def ensure_encoder(cfg: PretrainConfig, *, workers: int = 0, progress: bool = Tr
     """The registered version of `cfg`'s encoder: reused when one with the same config hash
     exists (`reused: True`), else pre-trained now. Returns run_pretrain's "registered" dict
     plus "reused" and "seconds"."""
-    from ..tracking import find_encoder_version
-
     name, h = cfg.registered_name, config_hash(cfg)
     if not retrain:
         version = find_encoder_version(name, h)
         if version is not None:
-            return {"name": name, "version": version, "uri": f"models:/{name}/{version}", "reused": True, "seconds": 0.0}
+            return {"name": name, "version": version, "uri": model_uri(name, version), "reused": True, "seconds": 0.0}
     res = run_pretrain(cfg, workers=workers, register=True, progress=progress)
     return {**res["registered"], "reused": False, "seconds": res["seconds"], "summary": res["summary"]}
 

@@ -45,12 +45,19 @@ from typing import Any, Optional
 
 import ray
 import ray.train
+import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.collective import broadcast_from_rank_zero
+from ray.train.torch import TorchConfig, TorchTrainer, get_device
 
+from .. import rundir
+from .. import storage as storage_lib
 from .. import tracking  # noqa: F401 - registers the models:/ and runs:/ encoder-source resolvers in workers
 from ..config import Config, ConfigError
-from ..train.checkpoint import CHECKPOINT_NAME
+from ..pretrain.config import PretrainConfig
+from ..pretrain.loop import pretrain_loop
+from ..train import training_loop
+from .cluster import ray_init_for_sweep
 
 _REPORT, _DONE = "report", "done"
 
@@ -69,8 +76,6 @@ class _ShadowReporter(threading.Thread):
         self.error: Optional[BaseException] = None
 
     def run(self) -> None:
-        from ray.train.collective import broadcast_from_rank_zero
-
         try:
             while True:
                 msg = broadcast_from_rank_zero(None)
@@ -90,8 +95,6 @@ class _Rank0Reporter:
 
     def _announce(self, msg: str) -> None:
         if self.world > 1:
-            from ray.train.collective import broadcast_from_rank_zero
-
             broadcast_from_rank_zero(msg)
 
     def metrics(self, step: int, metrics: dict) -> None:
@@ -102,7 +105,7 @@ class _Rank0Reporter:
     def checkpoint(self, step: int, run_dir: Path) -> None:
         staging = Path(tempfile.mkdtemp(prefix="drifting-ckpt-"))
         try:
-            shutil.copy2(Path(run_dir) / CHECKPOINT_NAME, staging / CHECKPOINT_NAME)
+            shutil.copy2(Path(run_dir) / rundir.CHECKPOINT, staging / rundir.CHECKPOINT)
             (staging / "meta.json").write_text(json.dumps({"step": int(step)}))
             self._announce(_REPORT)
             ray.train.report({**self.last, "step": int(step), "checkpoint_step": int(step)}, checkpoint=Checkpoint.from_directory(str(staging)))
@@ -118,7 +121,7 @@ def _restore(checkpoint: Optional[Checkpoint], run_dir: Path, initial: Optional[
     src_ctx = None
     if checkpoint is not None:
         src_ctx = checkpoint.as_directory()
-        src = Path(src_ctx.__enter__()) / CHECKPOINT_NAME
+        src = Path(src_ctx.__enter__()) / rundir.CHECKPOINT
     elif initial:
         src = Path(initial)
     else:
@@ -127,7 +130,7 @@ def _restore(checkpoint: Optional[Checkpoint], run_dir: Path, initial: Optional[
         if not src.is_file():
             raise FileNotFoundError(f"{src}: checkpoint to resume from is missing")
         run_dir.mkdir(parents=True, exist_ok=True)
-        dst = run_dir / CHECKPOINT_NAME
+        dst = run_dir / rundir.CHECKPOINT
         if src.resolve() != dst.resolve():
             tmp = dst.with_suffix(".restore.tmp")
             shutil.copy2(src, tmp)
@@ -140,28 +143,16 @@ def _restore(checkpoint: Optional[Checkpoint], run_dir: Path, initial: Optional[
 
 def _loop_for(cfg):
     """The framework-neutral loop that runs `cfg`: drifting training or encoder pre-training."""
-    from ..pretrain.config import PretrainConfig
-
-    if isinstance(cfg, PretrainConfig):
-        from ..pretrain.loop import pretrain_loop
-
-        return pretrain_loop
-    from ..train import training_loop
-
-    return training_loop
+    return pretrain_loop if isinstance(cfg, PretrainConfig) else training_loop
 
 
 def _train_worker(config: dict) -> None:
     """The per-worker function of the TorchTrainer."""
-    import torch
-
     cfg = config["cfg"]
     loop = _loop_for(cfg)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if config["gpu"]:
-        from ray.train.torch import get_device
-
         torch.cuda.set_device(get_device())
     run_dir = Path(config["run_dir"]) if rank == 0 else Path(tempfile.mkdtemp(prefix=f"drifting-rank{rank}-"))
     try:
@@ -225,8 +216,6 @@ def make_trainer(
         raise ConfigError(f"sampling.n_classes: {cfg.sampling.n_classes} class groups cannot be split evenly over {workers} workers")
     if not isinstance(cfg, Config) and cfg.train.batch_size % workers:
         raise ConfigError(f"train.batch_size: {cfg.train.batch_size} cannot be split evenly over {workers} workers")
-    from .. import storage as storage_lib
-
     run_dir = Path(run_dir).expanduser().resolve()
     # s3://bucket/prefix -> ("bucket/prefix", S3FileSystem for the AWS_ENDPOINT_URL endpoint)
     storage, storage_fs = storage_lib.ray_storage(storage_path) if storage_path else (str(run_dir / "ray"), None)
@@ -285,13 +274,11 @@ def fit_ray(
     `drifting_platform.storage`); default `out_dir/ray`. With
     `resume` and an existing `out_dir/checkpoint.pt`, training continues from it.
     """
-    from .cluster import ray_init_for_sweep
-
     ray_init_for_sweep()
     run_dir = Path(out_dir).expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    initial = run_dir / CHECKPOINT_NAME
-    summary_path = run_dir / "summary.json"
+    initial = run_dir / rundir.CHECKPOINT
+    summary_path = run_dir / rundir.SUMMARY
     if summary_path.exists():
         summary_path.unlink()  # a stale summary must not pass for this run's
     trainer = make_trainer(

@@ -24,33 +24,34 @@ A sweep file names a base config and what varies:
     rows: [{name: "MAE w32", encoder: mae-w32}]   # sets encoder.name / encoder.source
 
 Every error is a `SweepError` (a `ConfigError`) whose message starts with the key path.
-Grid and rows trials are each built with the base config's loader and validated before
-anything starts; for ranges the endpoints are validated.
+The small sections (`resources`, `scheduler`, `metric`, a row, an encoder) are frozen
+dataclasses built by the configs' strict builder (`config.build_dataclass`). The base config
+is read and resolved once (`SweepSpec.base_raw`); grid and rows trials are each built from
+it and validated before anything starts (`points.py`); for ranges the endpoints are validated.
+(Over 400 lines: the sweep file's whole schema and every error message it gives, in one place.)
 """
 
 from __future__ import annotations
 
 import copy
-import itertools
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
-
-import yaml
+from typing import Any, Literal, Optional
 
 from .. import config as C
 from ..config import ConfigError
-from .. import rundir
+from .points import Trial, build_trial_config, first_bad_trial, first_point, fmt, nest, plan_trials
 
 SEARCHES = ("grid", "optuna")
-SCHEDULERS = ("none", "asha")
 SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
-RANGE_KINDS = ("uniform", "loguniform", "randint")
 TOP_KEYS = (
     "name", "base", "preset", "set", "space", "rows", "search", "num_samples", "scheduler",
     "resources", "max_concurrent", "max_failures", "metric", "presets", "encoders",
 )
 PRESET_KEYS = tuple(k for k in TOP_KEYS if k not in ("name", "base", "presets"))
+
+__all__ = ["SweepError", "SweepSpec", "Resources", "Scheduler", "Metric", "Row", "load_sweep"]
 
 
 class SweepError(ConfigError):
@@ -58,13 +59,40 @@ class SweepError(ConfigError):
 
 
 @dataclass(frozen=True)
-class Trial:
-    """One planned trial of a grid / rows sweep."""
+class Resources:
+    cpus_per_trial: float = 1.0  # CPUs of each trial (each worker, with workers > 1)
+    workers: int = 1  # 1: the loop runs in the trial process; N: a TorchTrainer of N workers
+    gpu: bool = False  # one GPU per worker
 
-    index: int
-    label: str  # the row name, or "path=value, ..." for grid points
-    params: dict  # parameter path -> value
-    dirname: str  # the trial directory's name inside the sweep directory
+
+@dataclass(frozen=True)
+class Scheduler:
+    name: Literal["none", "asha"] = "none"
+    grace_period: int = 1  # ASHA: steps before a trial can be stopped
+    reduction_factor: float = 2.0  # ASHA: 1 / the fraction of trials kept at each rung
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str = "fid"
+    mode: Literal["min", "max"] = "min"
+
+
+@dataclass(frozen=True)
+class Row:
+    """A named variant: `set` maps parameter paths to values; `encoder` names an entry of
+    the `encoders:` section (which then sets encoder.name / encoder.source)."""
+
+    name: str = ""
+    set: dict = field(default_factory=dict)
+    encoder: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class _EncoderEntry:
+    config: str = ""  # a pre-training config, relative to the sweep file
+    preset: Optional[str] = None
+    set: Any = None  # overrides: a list of "path=value" or a mapping
 
 
 @dataclass(frozen=True)
@@ -72,19 +100,20 @@ class SweepSpec:
     path: Path
     name: str
     base: Path
-    preset: Optional[str]
+    preset: Optional[str]  # the base config's preset
     set: tuple[str, ...]
     overrides: tuple[str, ...]  # from the command line (win over `set`)
     space: Optional[dict]  # path -> {kind: values}
-    rows: Optional[tuple[dict, ...]]  # ({"name": str, "set": {path: value}}, ...)
+    rows: Optional[tuple[Row, ...]]
     search: str
     num_samples: int
-    scheduler: dict
-    resources: dict  # cpus_per_trial, workers, gpu
+    scheduler: Scheduler
+    resources: Resources
     max_concurrent: Optional[int]
-    metric: dict  # name, mode
-    trials: tuple[Trial, ...] = field(default=())
-    max_failures: int = 2  # Tune restarts of a trial whose process died  # grid / rows: the full plan
+    metric: Metric
+    base_raw: dict  # the base config with its preset, `set` and --set applied (not validated)
+    trials: tuple[Trial, ...] = ()  # grid / rows: the full plan
+    max_failures: int = 2  # Tune restarts of a trial whose process died
     # `encoders:` key -> the validated PretrainConfig of an encoder some row uses; the
     # sweep pre-trains (or reuses) them before any trial and pins each row's source
     encoders: dict = field(default_factory=dict)
@@ -95,38 +124,35 @@ class SweepSpec:
 
     @property
     def max_steps(self) -> int:
-        steps = [self.trial_config(t.params).train.steps for t in self.trials] if self.trials else [self.trial_config(_first_point(self.space)).train.steps]
-        return max(steps)
+        points = [t.params for t in self.trials] or [first_point(self.space)]
+        return max(self.trial_config(p).train.steps for p in points)
 
 
-# --------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------- sections
 
 
 def _err(path: str, msg: str, file: Path) -> SweepError:
     return SweepError(f"{path}: {msg} (sweep file {file})")
 
 
-def slug(text: str) -> str:
-    """A trial directory's / experiment folder's name for `text` (a row label, a grid point)."""
-    return rundir.slug(text, keep=".=+-", strip="_", limit=60, default="trial")
-
-
-def nest(path: str, value: Any) -> dict:
-    out: Any = value
-    for part in reversed(path.split(".")):
-        out = {part: out}
-    return out
-
-
-def _fmt(v: Any) -> str:
-    return yaml.safe_dump(v, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+def _build(cls: type, raw: Any, where: str, file: Path) -> Any:
+    """`config.build_dataclass` for one section, its errors as SweepErrors of this file."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        keys = ", ".join(f.name for f in dataclasses.fields(cls))
+        raise _err(where, f"expected a mapping with keys {keys}", file)
+    try:
+        return C.build_dataclass(cls, raw, where)
+    except ConfigError as exc:
+        raise SweepError(f"{exc} (sweep file {file})") from None
 
 
 def _override_list(raw: Any, where: str, file: Path) -> tuple[str, ...]:
     if raw is None:
         return ()
     if isinstance(raw, dict):  # also accept {path: value}
-        return tuple(f"{k}={_fmt(v)}" for k, v in raw.items())
+        return tuple(f"{k}={fmt(v)}" for k, v in raw.items())
     if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
         raise _err(where, "expected a list of 'key.path=value' strings (or a mapping path -> value)", file)
     for i, item in enumerate(raw):
@@ -144,6 +170,26 @@ def _check_path(path: str, where: str, file: Path) -> None:
     except ConfigError as exc:
         if "unknown key" in str(exc):
             raise _err(where, f"{path!r} is not a config key ({exc})", file) from None
+
+
+def _range(values: Any, kind: str, where: str, file: Path) -> list:
+    if not isinstance(values, list) or len(values) != 2:
+        raise _err(where, "expected [low, high]", file)
+    try:
+        lo, hi = (float(v) if not isinstance(v, bool) else None for v in values)
+    except (TypeError, ValueError):
+        lo = hi = None
+    if lo is None or hi is None:
+        raise _err(where, f"bounds must be numbers, got {values!r}", file)
+    if not lo < hi:
+        raise _err(where, f"need low < high, got {values!r}", file)
+    if kind == "loguniform" and lo <= 0:
+        raise _err(where, f"loguniform needs low > 0, got {values!r}", file)
+    if kind == "randint":
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise _err(where, f"randint bounds must be integers, got {values!r}", file)
+        return [int(v) for v in values]
+    return [lo, hi]
 
 
 def _space(raw: Any, file: Path) -> dict:
@@ -164,62 +210,38 @@ def _space(raw: Any, file: Path) -> dict:
             if not isinstance(values, list) or not values:
                 raise _err(f"{where}.{kind}", "expected a non-empty list of values", file)
         else:
-            if not isinstance(values, list) or len(values) != 2:
-                raise _err(f"{where}.{kind}", "expected [low, high]", file)
-            try:
-                lo, hi = (float(v) if not isinstance(v, bool) else None for v in values)
-            except (TypeError, ValueError):
-                lo = hi = None
-            if lo is None or hi is None:
-                raise _err(f"{where}.{kind}", f"bounds must be numbers, got {values!r}", file)
-            if not lo < hi:
-                raise _err(f"{where}.{kind}", f"need low < high, got {values!r}", file)
-            if kind == "loguniform" and lo <= 0:
-                raise _err(f"{where}.{kind}", f"loguniform needs low > 0, got {values!r}", file)
-            if kind == "randint":
-                if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-                    raise _err(f"{where}.{kind}", f"randint bounds must be integers, got {values!r}", file)
-                values = [int(v) for v in values]
-            else:
-                values = [lo, hi]
+            values = _range(values, kind, f"{where}.{kind}", file)
         out[path] = {kind: list(values)}
     return out
 
 
-def _rows(raw: Any, file: Path, encoders: Optional[dict] = None) -> tuple[dict, ...]:
+def _rows(raw: Any, file: Path, encoders: dict) -> tuple[Row, ...]:
     if not isinstance(raw, list) or not raw:
         raise _err("rows", "expected a non-empty list of {name, set}", file)
     out, names = [], set()
-    for i, row in enumerate(raw):
+    for i, body in enumerate(raw):
         where = f"rows[{i}]"
-        if not isinstance(row, dict):
+        if not isinstance(body, dict):
             raise _err(where, "expected a mapping {name: ..., set: {path: value}}", file)
-        unknown = sorted(set(row) - {"name", "set", "encoder"})
-        if unknown:
-            raise _err(f"{where}.{unknown[0]}", "unknown key (valid keys here: name, set, encoder)", file)
-        name = row.get("name")
-        if not isinstance(name, str) or not name.strip():
+        row = _build(Row, {k: v for k, v in body.items() if not (k == "set" and v is None)}, where, file)
+        if not row.name.strip():
             raise _err(f"{where}.name", "every row needs a non-empty name", file)
-        if name in names:
-            raise _err(f"{where}.name", f"duplicate row name {name!r}", file)
-        names.add(name)
-        sets = row.get("set") or {}
-        if not isinstance(sets, dict):
-            raise _err(f"{where}.set", "expected a mapping of parameter path -> value", file)
-        for path in sets:
+        if row.name in names:
+            raise _err(f"{where}.name", f"duplicate row name {row.name!r}", file)
+        names.add(row.name)
+        for path in row.set:
             _check_path(path, f"{where}.set.{path}", file)
-        sets = dict(sets)
-        if "encoder" in row:
-            key = row["encoder"]
-            if not isinstance(key, str) or key not in (encoders or {}):
-                raise _err(f"{where}.encoder", f"{key!r} is not a key of the sweep's `encoders:` section (have: {', '.join(encoders or {}) or 'none'})", file)
+        sets = dict(row.set)
+        if row.encoder is not None:
+            if row.encoder not in encoders:
+                raise _err(f"{where}.encoder", f"{row.encoder!r} is not a key of the sweep's `encoders:` section (have: {', '.join(encoders) or 'none'})", file)
             clash = sorted(p for p in sets if p.startswith("encoder."))
             if clash:
                 raise _err(f"{where}.set.{clash[0]}", "a row with `encoder:` gets its encoder from the encoders section", file)
-            enc = encoders[key]
+            enc = encoders[row.encoder]
             # validated with the registry's newest version; pinned to a concrete one at run time
             sets.update({"encoder.name": enc.objective.name, "encoder.kwargs": {}, "encoder.source": f"models:/{enc.registered_name}/latest"})
-        out.append({"name": name, "set": sets, **({"encoder": row["encoder"]} if "encoder" in row else {})})
+        out.append(dataclasses.replace(row, set=sets))
     return tuple(out)
 
 
@@ -228,10 +250,11 @@ def _encoders(raw: Any, file: Path, sweep_preset: Optional[str] = None) -> dict:
 
     Without `preset`, an encoder config uses the sweep's preset when it has one of that name
     (`sweep encoder.yaml --preset smoke` pre-trains smoke encoders)."""
-    from ..pretrain.config import load_pretrain_config
-
     if raw is None:
         return {}
+    # the pretrain package imports torch (its __init__): sweeps without encoders skip it
+    from ..pretrain.config import load_pretrain_config
+
     if not isinstance(raw, dict):
         raise _err("encoders", "expected a mapping of key -> {config, preset, set}", file)
     out, names = {}, {}
@@ -241,20 +264,16 @@ def _encoders(raw: Any, file: Path, sweep_preset: Optional[str] = None) -> dict:
             body = {"config": body}
         if not isinstance(body, dict):
             raise _err(where, "expected {config: PATH, preset: NAME, set: [...]}", file)
-        unknown = sorted(set(body) - {"config", "preset", "set"})
-        if unknown:
-            raise _err(f"{where}.{unknown[0]}", "unknown key (valid keys here: config, preset, set)", file)
-        if not isinstance(body.get("config"), str):
+        entry = _build(_EncoderEntry, body, where, file)
+        if not entry.config:
             raise _err(f"{where}.config", "a pre-training config path (relative to the sweep file) is required", file)
-        cpath = (file.parent / body["config"]).resolve()
+        cpath = (file.parent / entry.config).resolve()
         if not cpath.is_file():
             raise _err(f"{where}.config", f"config file not found: {cpath}", file)
-        preset = body.get("preset")
+        preset = entry.preset
         if preset is None and sweep_preset and sweep_preset in C.preset_names(cpath):
             preset = sweep_preset
-        if preset is not None and not isinstance(preset, str):
-            raise _err(f"{where}.preset", f"expected a preset name, got {preset!r}", file)
-        sets = _override_list(body.get("set"), f"{where}.set", file)
+        sets = _override_list(entry.set, f"{where}.set", file)
         try:
             cfg = load_pretrain_config(cpath, preset, sets)
         except ConfigError as exc:
@@ -266,32 +285,11 @@ def _encoders(raw: Any, file: Path, sweep_preset: Optional[str] = None) -> dict:
     return out
 
 
-def _mapping(raw: Any, where: str, keys: dict, file: Path) -> dict:
-    """Check a small mapping against {key: (types, default)}."""
-    if raw is None:
-        raw = {}
-    if isinstance(raw, str) and where == "scheduler":
-        raw = {"name": raw}
-    if not isinstance(raw, dict):
-        raise _err(where, f"expected a mapping with keys {', '.join(keys)}", file)
-    unknown = sorted(set(raw) - set(keys))
-    if unknown:
-        raise _err(f"{where}.{unknown[0]}", f"unknown key (valid keys here: {', '.join(sorted(keys))})", file)
-    out = {}
-    for key, (types, default) in keys.items():
-        v = raw.get(key, default)
-        if v is not None and (not isinstance(v, types) or (isinstance(v, bool) and bool not in types)):
-            raise _err(f"{where}.{key}", f"expected {' or '.join(t.__name__ for t in types)}, got {v!r}", file)
-        out[key] = v
-    return out
-
-
-def _first_point(space: Optional[dict]) -> dict:
-    out = {}
-    for path, spec in (space or {}).items():
-        kind, values = next(iter(spec.items()))
-        out[path] = values[0]
-    return out
+def _count(raw: dict, key: str, default: Optional[int], low: int, file: Path) -> Optional[int]:
+    v = raw.get(key, default)
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+        raise _err(key, f"expected an integer >= {low}, got {v!r}", file)
+    return v
 
 
 # --------------------------------------------------------------------------- loading
@@ -323,12 +321,21 @@ def _raw_with_preset(raw: dict, preset: Optional[str], base_presets: list[str], 
     return out
 
 
-def build_trial_config(spec: SweepSpec, params: dict) -> C.Config:
-    raw = C.read_yaml(spec.base)
-    raw = C.resolve_raw(raw, spec.preset, list(spec.set) + list(spec.overrides))
-    for path, value in params.items():
-        raw = C.deep_merge(raw, nest(path, value))
-    return C.from_dict(raw)
+def _check_search(search: str, num_samples: int, space: Optional[dict], rows: Optional[tuple], file: Path) -> None:
+    if search == "grid":
+        if num_samples != 1:
+            raise _err("num_samples", "grid and rows sweeps run each trial once; num_samples applies to search: optuna", file)
+        for path, specv in (space or {}).items():
+            kind = next(iter(specv))
+            if kind != "grid":
+                raise _err(f"space.{path}.{kind}", f"search: grid takes only {{grid: [...]}}; {kind} needs search: optuna", file)
+    else:
+        if rows is not None:
+            raise _err("rows", "search: optuna needs a `space` of choices / ranges, not rows", file)
+        for path, specv in space.items():
+            kind = next(iter(specv))
+            if kind == "grid":
+                raise _err(f"space.{path}.grid", "search: optuna takes choice / uniform / loguniform / randint, not grid", file)
 
 
 def load_sweep(path: str | Path, *, preset: Optional[str] = None, overrides: tuple[str, ...] | list[str] = ()) -> SweepSpec:
@@ -362,33 +369,24 @@ def load_sweep(path: str | Path, *, preset: Optional[str] = None, overrides: tup
     search = raw.get("search", "grid")
     if search not in SEARCHES:
         raise _err("search", f"{search!r} is not one of {list(SEARCHES)}", file)
-    num_samples = raw.get("num_samples", 1)
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise _err("num_samples", f"expected an integer >= 1, got {num_samples!r}", file)
-    scheduler = _mapping(raw.get("scheduler"), "scheduler", {"name": ((str,), "none"), "grace_period": ((int,), 1), "reduction_factor": ((int, float), 2)}, file)
-    if scheduler["name"] not in SCHEDULERS:
-        raise _err("scheduler.name", f"{scheduler['name']!r} is not one of {list(SCHEDULERS)}", file)
-    if scheduler["grace_period"] < 1:
+    num_samples = _count(raw, "num_samples", 1, 1, file)
+    scheduler_raw = raw.get("scheduler")
+    scheduler = _build(Scheduler, {"name": scheduler_raw} if isinstance(scheduler_raw, str) else scheduler_raw, "scheduler", file)
+    if scheduler.grace_period < 1:
         raise _err("scheduler.grace_period", "must be >= 1", file)
-    if scheduler["reduction_factor"] <= 1:
+    if scheduler.reduction_factor <= 1:
         raise _err("scheduler.reduction_factor", "must be > 1", file)
-    resources = _mapping(raw.get("resources"), "resources", {"cpus_per_trial": ((int, float), 1), "workers": ((int,), 1), "gpu": ((bool,), False)}, file)
-    if resources["cpus_per_trial"] <= 0:
-        raise _err("resources.cpus_per_trial", f"must be > 0, got {resources['cpus_per_trial']}", file)
-    if resources["workers"] < 1:
-        raise _err("resources.workers", f"must be >= 1, got {resources['workers']}", file)
-    max_concurrent = raw.get("max_concurrent")
-    if max_concurrent is not None and (isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int) or max_concurrent < 1):
-        raise _err("max_concurrent", f"expected an integer >= 1, got {max_concurrent!r}", file)
-    max_failures = raw.get("max_failures", 2)
-    if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 0:
-        raise _err("max_failures", f"expected an integer >= 0, got {max_failures!r}", file)
-    metric = _mapping(raw.get("metric"), "metric", {"name": ((str,), "fid"), "mode": ((str,), "min")}, file)
-    if metric["mode"] not in ("min", "max"):
-        raise _err("metric.mode", f"{metric['mode']!r} is not one of ['min', 'max']", file)
+    resources = _build(Resources, raw.get("resources"), "resources", file)
+    if resources.cpus_per_trial <= 0:
+        raise _err("resources.cpus_per_trial", f"must be > 0, got {resources.cpus_per_trial:g}", file)
+    if resources.workers < 1:
+        raise _err("resources.workers", f"must be >= 1, got {resources.workers}", file)
+    max_concurrent = _count(raw, "max_concurrent", None, 1, file)
+    max_failures = _count(raw, "max_failures", 2, 0, file)
+    metric = _build(Metric, raw.get("metric"), "metric", file)
     sets = _override_list(raw.get("set"), "set", file)
     overrides = tuple(overrides)
-    for i, item in enumerate(overrides):
+    for item in overrides:
         try:
             C.parse_override(item)
         except ConfigError as exc:
@@ -400,77 +398,27 @@ def load_sweep(path: str | Path, *, preset: Optional[str] = None, overrides: tup
     space = _space(raw["space"], file) if has_space else None
     encoders = _encoders(raw.get("encoders"), file, preset)
     rows = _rows(raw["rows"], file, encoders) if has_rows else None
-    swept = set(space or {}) | {p for r in rows or () for p in r["set"]}
+    swept = set(space or {}) | {p for r in rows or () for p in r.set}
     for item in overrides:
         key = item.split("=", 1)[0].strip()
         if key in swept:
             raise SweepError(f"--set {item!r}: {key} is what this sweep varies (sweep file {file})")
+    _check_search(search, num_samples, space, rows, file)
 
-    if search == "grid":
-        if num_samples != 1:
-            raise _err("num_samples", "grid and rows sweeps run each trial once; num_samples applies to search: optuna", file)
-        for path, specv in (space or {}).items():
-            kind = next(iter(specv))
-            if kind != "grid":
-                raise _err(f"space.{path}.{kind}", f"search: grid takes only {{grid: [...]}}; {kind} needs search: optuna", file)
-    else:
-        if rows is not None:
-            raise _err("rows", "search: optuna needs a `space` of choices / ranges, not rows", file)
-        for path, specv in space.items():
-            kind = next(iter(specv))
-            if kind == "grid":
-                raise _err(f"space.{path}.grid", "search: optuna takes choice / uniform / loguniform / randint, not grid", file)
-
-    spec = SweepSpec(
-        path=file.resolve(), name=name, base=base, preset=base_preset, set=sets, overrides=overrides,
-        space=space, rows=rows, search=search, num_samples=num_samples, scheduler=scheduler,
-        resources=resources, max_concurrent=max_concurrent, metric=metric, max_failures=max_failures,
-        encoders={k: v for k, v in encoders.items() if any(r.get("encoder") == k for r in rows or ())},
-    )
     # the base config itself (all its presets are checked by load_config)
     try:
         C.load_config(base, base_preset, list(sets) + list(overrides))
     except ConfigError as exc:
         raise SweepError(f"{exc} (base config {base} with the sweep's set / --set; sweep file {file})") from None
-
-    trials: list[Trial] = []
-    if rows is not None:
-        for i, row in enumerate(rows):
-            trials.append(Trial(i, row["name"], dict(row["set"]), f"{i:02d}_{slug(row['name'])}"))
-    elif search == "grid":
-        paths = list(space)
-        for i, combo in enumerate(itertools.product(*(space[p]["grid"] for p in paths))):
-            params = dict(zip(paths, combo))
-            label = ", ".join(f"{p}={_fmt(v)}" for p, v in params.items())
-            trials.append(Trial(i, label, params, f"{i:02d}_{slug(label)}"))
-    for t in trials:
-        where = f"rows[{t.index}]" if rows is not None else "space"
-        try:
-            cfg = build_trial_config(spec, t.params)
-        except ConfigError as exc:
-            raise _err(f"{where}.set" if rows is not None else where, f"trial {t.label!r}: {exc}", file) from None
-        _check_workers(cfg, resources["workers"], where, file)
-    if search == "optuna":
-        # every choice and both ends of every range, each with the rest at its first value
-        first = _first_point(space)
-        for path, specv in space.items():
-            kind, values = next(iter(specv.items()))
-            probe = values if kind in ("choice",) else ([values[0], values[1] - 1] if kind == "randint" else values)
-            for v in probe:
-                try:
-                    cfg = build_trial_config(spec, {**first, path: v})
-                except ConfigError as exc:
-                    raise _err(f"space.{path}.{kind}", f"value {v!r}: {exc}", file) from None
-                _check_workers(cfg, resources["workers"], f"space.{path}", file)
-    return _replace(spec, trials=tuple(trials))
-
-
-def _check_workers(cfg: C.Config, workers: int, where: str, file: Path) -> None:
-    if cfg.sampling.n_classes % workers:
-        raise _err(where, f"sampling.n_classes {cfg.sampling.n_classes} is not divisible by resources.workers {workers}", file)
-
-
-def _replace(spec: SweepSpec, **kw) -> SweepSpec:
-    import dataclasses
-
-    return dataclasses.replace(spec, **kw)
+    spec = SweepSpec(
+        path=file.resolve(), name=name, base=base, preset=base_preset, set=sets, overrides=overrides,
+        space=space, rows=rows, search=search, num_samples=num_samples, scheduler=scheduler,
+        resources=resources, max_concurrent=max_concurrent, metric=metric, max_failures=max_failures,
+        base_raw=C.resolve_raw(C.read_yaml(base), base_preset, list(sets) + list(overrides)),
+        trials=plan_trials(space, rows) if search == "grid" else (),
+        encoders={k: v for k, v in encoders.items() if any(r.encoder == k for r in rows or ())},
+    )
+    bad = first_bad_trial(spec)
+    if bad is not None:
+        raise _err(*bad, file)
+    return spec

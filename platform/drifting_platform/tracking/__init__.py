@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from .client import SweepTracker, child_runs, find_latest_sweep
 from .registry import (
-    ENCODER_EXPERIMENT, download_encoder, encoder_version_tags, find_encoder_version, record_pretrain, resolve_model_uri,
+    ENCODER_EXPERIMENT, download_encoder, pinned_encoder_tags, find_encoder_version, record_pretrain, resolve_model_uri,
 )
 from .runs import TrackedRun, track_run
 from .store import (
@@ -42,7 +42,7 @@ __all__ = [
     "TAG_ENCODER_SHA", "TAG_ENCODER_SOURCE", "TAG_ENCODER_VERSION", "TAG_ERROR", "TAG_EXPERIMENT", "TAG_MODEL_INIT",
     "TAG_MODEL_INIT_SHA", "TAG_PARENT", "TAG_REGISTERED", "TAG_ROW", "TAG_SWEEP", "TAG_SWEEP_NAME", "TAG_TRIAL",
     "SweepTracker", "TrackedRun", "TrackingUnavailable", "UIProcess", "artifact_tags", "check_tracking_store",
-    "child_runs", "default_artifact_root", "download_encoder", "encoder_version_tags", "find_encoder_version",
+    "child_runs", "default_artifact_root", "download_encoder", "pinned_encoder_tags", "find_encoder_version",
     "find_latest_sweep", "record_pretrain", "resolve_model_uri", "serve_ui", "stop_ui", "track_run", "tracking_uri",
     "ui_command", "wait_for_ui", "with_retry",
 ]

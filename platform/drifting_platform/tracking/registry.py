@@ -171,12 +171,17 @@ def download_encoder(source: str, *, uri: Optional[str] = None) -> Path:
     return dest
 
 
-def encoder_version_tags(source: Optional[str], *, uri: Optional[str] = None) -> dict[str, str]:
-    """Tags a drifting run records about its encoder: the concrete registry version."""
-    if not source or not source.startswith("models:/"):
-        return {TAG_ENCODER_SOURCE: source} if source else {}
-    name, version = resolve_model_uri(source, uri=uri)
-    return {TAG_ENCODER_SOURCE: model_uri(name, version), TAG_ENCODER_MODEL: name, TAG_ENCODER_VERSION: str(version)}
+def pinned_encoder_tags(source: Optional[str]) -> dict[str, str]:
+    """Tags naming the encoder a sweep trial drifts in: its source, and for a pinned registry
+    version (`models:/NAME/N`, as run_sweep pins them) the model name and version."""
+    if not source:
+        return {}
+    tags = {TAG_ENCODER_SOURCE: str(source)}
+    if str(source).startswith("models:/"):
+        parsed = parse_model_uri(str(source))
+        if parsed.version is not None:
+            tags.update({TAG_ENCODER_MODEL: parsed.name, TAG_ENCODER_VERSION: str(parsed.version)})
+    return tags
 
 
 for _prefix in REGISTRY_PREFIXES:

@@ -1,0 +1,162 @@
+"""The trials of a sweep, without Ray: grid / rows plans, Optuna points, trial configs.
+
+A trial is a `Trial(index, label, params, dirname)`: `params` maps config paths to values
+(`{"drift.repulsion_scale": 0.0}`) and `dirname` names its directory in the sweep directory.
+Grid and rows sweeps plan every trial up front (`plan_trials`); Tune grid-searches over
+their records (`Trial.record()`). An Optuna point is sampled by Tune as `{path: value}`;
+`describe` turns either kind of Tune config back into its `Trial`, and is the only reader
+of Tune configs. Optuna categoricals must be scalars, so the choices of a path that has a
+non-scalar one (a list of temperatures) travel as JSON strings (`tune_choices`), decoded
+in `describe` alone (`result_metrics` reads Tune's results back). An Optuna point's directory is named by a hash of its values, so a
+resumed sweep finds the directory (and checkpoint) of a point it re-runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
+
+import yaml
+
+from .. import config as C
+from .. import rundir
+
+if TYPE_CHECKING:
+    from .spec import SweepSpec
+
+_SCALARS = (str, int, float, bool, type(None))
+
+# keys Tune adds to every result, and ours (`run_trial`'s) that are not metrics
+TUNE_KEYS = {
+    "timestamp", "time_this_iter_s", "time_total_s", "training_iteration", "trial_id", "date",
+    "pid", "hostname", "node_ip", "config", "time_since_restore", "iterations_since_restore",
+    "checkpoint_dir_name", "done", "experiment_tag", "should_checkpoint", "step", "final",
+}
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One trial of a sweep: a planned grid point / row, or a sampled Optuna point."""
+
+    index: int  # position in the plan (grid / rows); -1 for an Optuna point
+    label: str  # the row name, or "path=value, ..."
+    params: dict  # parameter path -> value
+    dirname: str  # the trial directory's name inside the sweep directory
+
+    def record(self) -> dict:
+        """What Tune's param_space carries for a planned trial (`describe` reads it back)."""
+        return dataclasses.asdict(self)
+
+
+def slug(text: str) -> str:
+    """A trial directory's / experiment folder's name for `text` (a row label, a grid point)."""
+    return rundir.slug(text, keep=".=+-", strip="_", limit=60, default="trial")
+
+
+def nest(path: str, value: Any) -> dict:
+    """`nest("a.b", 1)` -> {"a": {"b": 1}}."""
+    out: Any = value
+    for part in reversed(path.split(".")):
+        out = {part: out}
+    return out
+
+
+def fmt(v: Any) -> str:
+    """`v` as it would be written in YAML flow style (labels, `--set` items)."""
+    return yaml.safe_dump(v, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return json.dumps(v) if not isinstance(v, str) else v
+
+
+def build_trial_config(spec: "SweepSpec", params: dict) -> C.Config:
+    """The validated config of a trial: `params` merged into the sweep's resolved base."""
+    raw = copy.deepcopy(spec.base_raw)
+    for path, value in params.items():
+        raw = C.deep_merge(raw, nest(path, value))
+    return C.from_dict(raw)
+
+
+def plan_trials(space: Optional[dict], rows: Optional[tuple]) -> tuple[Trial, ...]:
+    """Every trial of a rows sweep (one per row) or a grid sweep (the product of the grids)."""
+    if rows is not None:
+        return tuple(Trial(i, row.name, dict(row.set), f"{i:02d}_{slug(row.name)}") for i, row in enumerate(rows))
+    paths = list(space)
+    trials = []
+    for i, combo in enumerate(itertools.product(*(space[p]["grid"] for p in paths))):
+        params = dict(zip(paths, combo))
+        label = ", ".join(f"{p}={fmt(v)}" for p, v in params.items())
+        trials.append(Trial(i, label, params, f"{i:02d}_{slug(label)}"))
+    return tuple(trials)
+
+
+def first_point(space: Optional[dict]) -> dict:
+    """The point of `space` with every parameter at its first value (choice) / low end."""
+    return {path: next(iter(s.values()))[0] for path, s in (space or {}).items()}
+
+
+def encoded(values: list) -> bool:
+    """Whether a choice's values travel through Tune / Optuna as JSON strings."""
+    return not all(isinstance(v, _SCALARS) for v in values)
+
+
+def tune_choices(values: list) -> list:
+    """The categories Optuna samples for a choice of `values` (decoded by `describe`)."""
+    return [json.dumps(v) for v in values] if encoded(values) else list(values)
+
+
+def point_trial(params: dict) -> Trial:
+    """The trial of an Optuna point; its directory is a stable function of the values."""
+    key = hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return Trial(-1, ", ".join(f"{k}={_short(v)}" for k, v in params.items()), dict(params), f"trial_{key}")
+
+
+def describe(spec: "SweepSpec", config: dict) -> Trial:
+    """The trial that Tune runs with `config` (a grid / rows record, or an Optuna point)."""
+    if spec.search != "optuna":
+        return Trial(**config["trial"])
+    params = {}
+    for path, s in spec.space.items():
+        kind, values = next(iter(s.items()))
+        v = config[path]
+        params[path] = json.loads(v) if kind == "choice" and encoded(values) else v
+    return point_trial(params)
+
+
+def result_metrics(result: dict) -> dict[str, float]:
+    """The loop's metrics in a Tune result (Tune's own keys and ours left out)."""
+    return rundir.numeric({k: v for k, v in result.items() if k not in TUNE_KEYS})
+
+
+def first_bad_trial(spec: "SweepSpec") -> Optional[tuple[str, str]]:
+    """(key path, message) of the first trial whose config does not validate, or None.
+
+    Grid / rows: every planned trial. Optuna: every choice and both ends of every range,
+    each with the rest of the point at its first value."""
+    probes = []  # (where, where of a worker-split error, message prefix, params)
+    for t in spec.trials:
+        where = f"rows[{t.index}]" if spec.rows is not None else "space"
+        probes.append((f"{where}.set" if spec.rows is not None else where, where, f"trial {t.label!r}", t.params))
+    if spec.search == "optuna":
+        first = first_point(spec.space)
+        for path, s in spec.space.items():
+            kind, values = next(iter(s.items()))
+            ends = values if kind == "choice" else ([values[0], values[1] - 1] if kind == "randint" else values)
+            probes += [(f"space.{path}.{kind}", f"space.{path}", f"value {v!r}", {**first, path: v}) for v in ends]
+    workers = spec.resources.workers
+    for where, split_where, what, params in probes:
+        try:
+            cfg = build_trial_config(spec, params)
+        except C.ConfigError as exc:
+            return where, f"{what}: {exc}"
+        if cfg.sampling.n_classes % workers:
+            return split_where, f"sampling.n_classes {cfg.sampling.n_classes} is not divisible by resources.workers {workers}"
+    return None
