@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
+
 CLUSTER = REPO / "cluster"
 EXPERIMENTS = REPO / "experiments"
 

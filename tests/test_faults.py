@@ -10,7 +10,6 @@ import json
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -20,11 +19,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import REPO, free_port
+
 from drifting_platform.config import load_config
 from drifting_platform.train.checkpoint import CheckpointError, CheckpointWriteError, load_checkpoint
 from drifting_platform.train.loop import training_loop
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "experiments" / "configs"
 DIGITS = CONFIGS / "digits.yaml"
 CLI = str(Path(sys.executable).with_name("drifting-platform"))
@@ -32,12 +32,6 @@ CLI = str(Path(sys.executable).with_name("drifting-platform"))
 
 def _steps(path: Path) -> list[int]:
     return [json.loads(l)["step"] for l in path.read_text().splitlines()]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- full disk
@@ -151,7 +145,7 @@ def test_malicious_checkpoint_never_runs_code(tmp_path):
 
 
 def test_unreachable_tracking_server_fails_before_anything_starts(tmp_path):
-    port = _free_port()  # nothing listens here
+    port = free_port()  # nothing listens here
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}", "DRIFTING_HOME": str(tmp_path / "home")}
     t0 = time.time()
     res = subprocess.run([CLI, "sweep", "antisymmetry.yaml", "--preset", "smoke"], capture_output=True, text=True, env=env, cwd=REPO)
@@ -189,7 +183,7 @@ def test_tracking_store_check_accepts_a_live_server_and_masks_credentials(tmp_pa
     finally:
         srv.shutdown()
     with pytest.raises(TrackingUnavailable) as info:
-        check_tracking_store(f"http://alice:s3cr3t@127.0.0.1:{_free_port()}", timeout=2)
+        check_tracking_store(f"http://alice:s3cr3t@127.0.0.1:{free_port()}", timeout=2)
     assert "s3cr3t" not in str(info.value) and "***@" in str(info.value)
     ro = tmp_path / "ro"
     ro.mkdir()

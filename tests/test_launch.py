@@ -14,10 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import REPO
+
 from drifting_platform.config import ConfigError, load_config
 from drifting_platform.launch.spec import Metric, SweepError, load_sweep
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("isolated_home")  # a fresh DRIFTING_HOME and SQLite store per test
+
 DIGITS = REPO / "experiments" / "configs" / "digits.yaml"
 
 
@@ -38,12 +41,6 @@ def ray_down():
     if ray.is_initialized():
         ray.shutdown()
     yield ray
-
-
-@pytest.fixture(autouse=True)
-def _home(tmp_path, monkeypatch):
-    monkeypatch.setenv("DRIFTING_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
 
 
 class FakeTracker:

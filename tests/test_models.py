@@ -1,6 +1,5 @@
 """Generators: output shapes per preset and data shape, conditioning, gradient flow, presets."""
 
-import math
 
 import pytest
 import torch

@@ -3,8 +3,9 @@
 import subprocess
 import sys
 from pathlib import Path
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
+
 
 
 def test_import_platform_is_stdlib():

@@ -12,18 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import REPO
+
 from drifting_platform.config import ConfigError, load_config
 from drifting_platform.pretrain.config import config_hash, load_pretrain_config
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("isolated_home")  # a fresh DRIFTING_HOME and SQLite store per test
+
 ENC = REPO / "experiments" / "encoders"
 DIGITS = REPO / "experiments" / "configs" / "digits.yaml"
-
-
-@pytest.fixture(autouse=True)
-def _home(tmp_path, monkeypatch):
-    monkeypatch.setenv("DRIFTING_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
 
 
 def _cfg(name: str, *sets: str, preset: str = "smoke"):

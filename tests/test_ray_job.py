@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
+
 BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,6 @@ release's math, bad input, hf:// through huggingface_hub's cache, the CLI, and M
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import subprocess

@@ -11,7 +11,7 @@ import torch
 
 from drifting_platform.config import ConfigError, load_config
 from drifting_platform.encoders import build_encoder
-from drifting_platform.models import GENERATORS, ReleaseDiTGenerator, build_generator
+from drifting_platform.models import ReleaseDiTGenerator, build_generator
 from drifting_platform.models.release_dit import swiglu_hidden
 
 DIGITS = "experiments/configs/digits.yaml"

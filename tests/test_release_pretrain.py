@@ -7,24 +7,20 @@ Small networks on real digits; a real SQLite MLflow store in a temporary folder.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
+
+from helpers import REPO
 
 from drifting_platform.config import ConfigError
 from drifting_platform.models.release_mae import ReleaseMAE, fold_patches
 from drifting_platform.pretrain import ReleaseMAEObjective, build_release_mae_objective, release_lambda_cls
 from drifting_platform.pretrain.config import config_hash, load_pretrain_config
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("isolated_home")  # a fresh DRIFTING_HOME and SQLite store per test
+
 CONFIG = REPO / "experiments" / "encoders" / "release_mae_digits32.yaml"
-
-
-@pytest.fixture(autouse=True)
-def _home(tmp_path, monkeypatch):
-    monkeypatch.setenv("DRIFTING_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
 
 
 def _cfg(*sets: str, preset: str = "smoke"):

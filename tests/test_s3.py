@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,8 @@ import pytest
 import torch
 
 from conftest import CONFIGS
+from helpers import free_port
+
 from drifting_platform import storage
 from drifting_platform.data import build_dataset, read_shards, write_shards
 from drifting_platform.data.shards import resolve_shard_paths
@@ -40,16 +41,10 @@ SECRET = "testing-secret-XYZ"
 CLI = str(Path(sys.executable).parent / "drifting-platform")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def moto_server(tmp_path_factory):
     """`python -m moto.server` on a free port of 127.0.0.1; yields its endpoint URL."""
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("moto") / "moto.log"
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(
@@ -219,7 +214,7 @@ def test_missing_and_corrupt_s3_shards_name_the_s3_path(s3, digits):
 
 
 def test_unreachable_endpoint_is_an_error_naming_the_path(s3, monkeypatch):
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     with pytest.raises(OSError, match=f"s3://{s3['bucket']}/digits"):
         read_shards(f"s3://{s3['bucket']}/digits/shard-00000-of-00003.parquet")

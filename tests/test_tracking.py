@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import REPO, free_port
+
 from drifting_platform import tracking as T
 from drifting_platform.home import drifting_home
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -263,12 +264,6 @@ def test_track_run(store, tmp_path):
     assert arts == {"samples.npz", "samples.png", "summary.json"}  # no checkpoint
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ui_command_defaults(tmp_path, monkeypatch):
     monkeypatch.setenv("DRIFTING_HOME", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -281,7 +276,7 @@ def test_ui_command_defaults(tmp_path, monkeypatch):
 
 
 def test_serve_ui_answers_on_localhost(store, tmp_path):
-    port = _free_port()
+    port = free_port()
     proc = T.serve_ui(port=port, uri=store["uri"], log_path=tmp_path / "ui.log")
     try:
         assert T.wait_for_ui(f"http://127.0.0.1:{port}/", timeout=40, proc=proc), (tmp_path / "ui.log").read_text()[-3000:]
