@@ -173,7 +173,7 @@ def test_paper_preset_without_data_env_is_a_config_error(tmp_path, monkeypatch):
 
 
 def test_lr_schedule():
-    from drifting_platform.train.loop import lr_factor
+    from drifting_platform.train.kit import lr_factor
 
     assert lr_factor(0, warmup=10, total=100) == 0.1
     assert lr_factor(9, warmup=10, total=100) == 1.0

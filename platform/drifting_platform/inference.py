@@ -11,8 +11,10 @@ import numpy as np
 import torch
 
 from .config import Config, from_dict
+from .release import load_release
 from .sampling import balanced_labels, generate
 from .train.checkpoint import CheckpointError, load_checkpoint
+from .train.loop import build_data, build_model
 
 
 @dataclass
@@ -25,8 +27,6 @@ class Run:
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
     """Rebuild the run's data set and generator from its checkpoint (weights_only load)."""
-    from .train.loop import build_data, build_model
-
     state = load_checkpoint(run_dir, map_location=device)
     if "ema" not in state or "config" not in state:
         raise CheckpointError(f"{run_dir}: checkpoint has no EMA generator or config")
@@ -41,7 +41,8 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
 
 
 def sample_run(run: Run, num: int, *, cfg_scale: float = 1.0, seed: int = 0, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """Contract 4: (samples float32 in output space, labels int64 balanced over classes)."""
+    """What `drifting-platform sample` writes: (samples float32 in output space, labels int64
+    balanced over classes)."""
     labels = balanced_labels(num, run.dataset.num_classes)
     x = generate(run.generator, labels, cfg_scale=cfg_scale, seed=seed, device=device)
     return run.dataset.to_output(x).astype(np.float32), labels.numpy().astype(np.int64)
@@ -68,8 +69,6 @@ class ReleaseRun:
 
 def load_release_run(source: str | Path, device: str = "cpu") -> ReleaseRun:
     """Build a released generator via `release.load_release` (a ReleaseError names what is wrong)."""
-    from .release import load_release
-
     module, meta = load_release(source, kind="gen")
     return ReleaseRun(source=str(source), generator=module.to(device).eval(), metadata=meta)
 

@@ -1,4 +1,4 @@
-"""One-step sampling from a trained generator, and the files it writes (contract 4).
+"""One-step sampling from a trained generator, and the sample files it writes.
 
 `generate` is pure torch; `write_samples` and `write_grid` are the only places that write
 sample files, so the CLI, the training loop and the trackers all produce the same formats:
@@ -50,7 +50,8 @@ def generate(
 
 
 def write_samples(path: str | Path, samples: np.ndarray, labels: np.ndarray) -> Path:
-    """Atomically write contract 4's npz: `samples` float32, `labels` int64."""
+    """Atomically write the samples file (`drifting-platform sample`, samples.npz of a run):
+    `samples` float32 in output space, `labels` int64."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.npz", dir=path.parent)
@@ -87,7 +88,7 @@ def write_grid(path: str | Path, samples: np.ndarray, labels: np.ndarray, *, ref
         fig.savefig(path)
         plt.close(fig)
         return path
-    from torchvision.utils import save_image
+    from torchvision.utils import save_image  # torchvision takes seconds to import; grids only
 
     rows = []
     for c in np.unique(labels):

@@ -4,9 +4,9 @@ and the class-grouped sampler. Everything is in memory and in model space (docs/
 from .base import DataNotFoundError, Dataset
 from .images import expected_files, load_digits, load_torchvision
 from .latents import make_synthetic_latents
-from .registry import DATASETS, IMAGE_DATASETS, TOY_DATASETS, build_dataset
+from .registry import DATASETS, IMAGE_DATASETS, TOY_DATASETS, build_dataset, export
 from .sampler import ClassGroupedSampler, GroupBatch
-from .shards import export, read_shards, resolve_shard_paths, write_shards
+from .shards import read_shards, resolve_shard_paths, write_shards
 from .toy import sample_toy, toy_mode_centers
 
 __all__ = [

@@ -4,8 +4,8 @@ Spaces (docs/internals.md, "Spaces and shapes"):
 
 - model space: what generators, encoders and the drift loss see. Images in [-1, 1]
   (`x_model = 2 * x01 - 1`), latents as stored, 2-D toy data in data coordinates.
-- output space: contract 4's. Images in [0, 1] `[N, C, H, W]`, 2-D data `[N, 2]`, latents as
-  stored.
+- output space: that of the sample files (`drifting-platform sample`, a run's samples.npz).
+  Images in [0, 1] `[N, C, H, W]`, 2-D data `[N, 2]`, latents as stored.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ raises `DataNotFoundError` listing what torchvision looks for.
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 import os
 from typing import Optional
 
@@ -42,9 +44,6 @@ def digits_images_and_labels() -> tuple[np.ndarray, np.ndarray]:
     seconds, and every digits run would pay them before its first step. Falls back to
     `load_digits` when the file is not where scikit-learn keeps it.
     """
-    import gzip
-    import importlib.util
-
     spec = importlib.util.find_spec("sklearn")  # locates the package without importing it
     for root in (spec.submodule_search_locations or []) if spec is not None else []:
         path = os.path.join(root, "datasets", "data", "digits.csv.gz")
@@ -111,7 +110,7 @@ def load_torchvision(
         raise ValueError(f"{name}: needs a local root (data.root) holding {', '.join(expected_files(name, '<root>')[:2])}, ...")
     if not os.path.isdir(str(root)):
         raise _not_found(name, root, f"root {str(root)!r} is not a directory")
-    import torchvision.datasets as tvd
+    import torchvision.datasets as tvd  # seconds to import; only the torchvision sets need it
 
     cls_name = TORCHVISION_SETS[name][0]
     try:

@@ -1,4 +1,5 @@
-"""`build_dataset`: one entry point from a data set name (and options) to a `Dataset`."""
+"""`build_dataset`: one entry point from a data set name (and options) to a `Dataset`; and
+`export`, the same data set written as Parquet shards."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Optional
 from .base import Dataset, check_positive_int, reject_options, resize_images, take_first
 from .images import TORCHVISION_SETS, load_digits, load_torchvision
 from .latents import make_synthetic_latents
-from .shards import read_shards
+from .shards import DEFAULT_SHARD_SIZE, PathLike, read_shards, write_shards
 from .toy import TOY_SETS, load_toy
 
 TOY_DATASETS = tuple(TOY_SETS)
@@ -58,3 +59,8 @@ def build_dataset(
     else:
         raise ValueError(f"unknown data set {name!r}; valid: {', '.join(DATASETS)}")
     return take_first(ds, limit)
+
+
+def export(name: str, out_dir: PathLike, *, shard_size: int = DEFAULT_SHARD_SIZE, prefix: str = "shard", **build_kwargs) -> list[str]:
+    """Build data set `name` (`build_dataset(name, **build_kwargs)`) and write it as shards."""
+    return write_shards(build_dataset(name, **build_kwargs), out_dir, shard_size=shard_size, prefix=prefix)

@@ -116,13 +116,6 @@ def write_shards(dataset: Dataset, out_dir: PathLike, *, shard_size: int = DEFAU
     return paths
 
 
-def export(name: str, out_dir: PathLike, *, shard_size: int = DEFAULT_SHARD_SIZE, prefix: str = "shard", **build_kwargs) -> list[str]:
-    """Build data set `name` (`build_dataset(name, **build_kwargs)`) and write it as shards."""
-    from .registry import build_dataset
-
-    return write_shards(build_dataset(name, **build_kwargs), out_dir, shard_size=shard_size, prefix=prefix)
-
-
 # --------------------------------------------------------------------------- finding files
 
 

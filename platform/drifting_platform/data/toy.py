@@ -20,6 +20,9 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import numpy as np
+import torch
+
+from .base import Dataset, check_positive_int
 
 DEFAULT_N = 10000
 MODE_STD = 0.05  # std of each mode of the Gaussian-mixture sets
@@ -110,10 +113,6 @@ def sample_toy(name: str, n: int = DEFAULT_N, *, seed: int = 0) -> np.ndarray:
 
 def load_toy(name: str, n: Optional[int] = None, *, seed: int = 0):
     """Toy set `name` as an unconditional `Dataset` (num_classes 1, labels zero)."""
-    import torch
-
-    from .base import Dataset, check_positive_int
-
     n = DEFAULT_N if n is None else check_positive_int(n, "n")
     x = torch.from_numpy(sample_toy(name, n, seed=seed))
     return Dataset(x, torch.zeros(n, dtype=torch.int64), 1, "toy", name, (2,))

@@ -12,7 +12,6 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .base import Encoder, register_encoder
 from .multiscale import multiscale_features

@@ -27,7 +27,7 @@ the authors' artifacts, and the encoder that loads them (`encoders/release_mae.p
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn

@@ -21,6 +21,7 @@ section of its own instead of `backbone` / `objective.kwargs` / `finetune`:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -173,8 +174,6 @@ def validate(cfg: PretrainConfig) -> PretrainConfig:
 
 def _validate_release_mae(cfg: PretrainConfig) -> PretrainConfig:
     """Checks of objective release_mae; an omitted `release_mae` section becomes the defaults."""
-    import dataclasses
-
     r = cfg.release_mae or ReleaseMAEConfig()
     if cfg.objective.kwargs:
         raise ConfigError(f"objective.kwargs: objective release_mae takes its settings from the release_mae section, not {sorted(cfg.objective.kwargs)}")
@@ -216,16 +215,7 @@ def from_dict(raw: dict) -> PretrainConfig:
 
 def load_pretrain_config(path: str | Path, preset: Optional[str] = None, overrides=()) -> PretrainConfig:
     """Read, merge preset and overrides, check: one encoder pre-training config."""
-    raw = C.read_yaml(path)
-    presets = raw.get("presets")
-    if isinstance(presets, dict):
-        for name in presets:  # every preset must give a valid config
-            if name != preset:
-                try:
-                    from_dict(C.resolve_raw(raw, name))
-                except ConfigError as exc:
-                    raise ConfigError(f"presets.{name}: {exc}") from None
-    return from_dict(C.resolve_raw(raw, preset, tuple(overrides)))
+    return C.load_layered(path, preset, overrides, schema=PretrainConfig, validate=validate)
 
 
 def to_dict(cfg: PretrainConfig) -> dict:

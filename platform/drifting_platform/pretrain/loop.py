@@ -8,7 +8,7 @@ artifact that `encoders/learned.py` loads:
     out_dir/encoder/encoder.json   what the weights are (objective, backbone spec, input shape)
     out_dir/encoder/weights.pt     the backbone's state dict (loads with weights_only=True)
 
-Objective `release_mae` trains the release's Latent-MAE (`encoders/release_mae.ReleaseMAE`)
+Objective `release_mae` trains the release's Latent-MAE (`models/release_mae.ReleaseMAE`)
 with the release's loss and classifier ramp instead; its encoder.json holds the network's
 `model_config` in place of `backbone`, weights.pt the whole network, and the registered
 encoder `release_mae` loads it (`encoder: {name: release_mae, source: ...}`).
@@ -26,35 +26,41 @@ are per rank, as in the reference implementations without SyncBN / all-gather.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
-import os
-import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
+import torch.distributed as dist
 
+from .. import config as C
+from ..config import ConfigError
+from ..data import build_dataset
 from ..encoder_artifact import write_encoder_artifact
 from ..train import distributed as D
-from ..train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
-from ..train.loop import JsonlLog, lr_factor, resolve_device
-from .config import PretrainConfig, config_hash, to_dict
+from ..train.kit import Checkpointer, CheckpointHook, MetricWindow, Progress, Reporter, RunContext, StepLog, StepRNG, lr_factor, timing_summary, write_summary
+from .config import PretrainConfig, ReleaseMAEConfig, config_hash, to_dict
+from .objectives import FineTune, build_objective, build_release_mae_objective
+
+
+# config sections that define what a checkpoint's weights mean; a resumed run must match
+IDENTITY_KEYS = ("data", "objective", "backbone", "release_mae")
+
+# the batch indices and augmentations of step `step` of a run with seed `seed`; these
+# constants pin every run's draws (and so what a resumed run continues with)
+STEP_RNG = StepRNG(seed_mult=2_000_003, step_mult=104_729, offset=17)
 
 
 class PretrainDiverged(RuntimeError):
     """The pre-training loss became NaN / infinite."""
 
 
-def _step_rng(seed: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 2_000_003 + step * 104_729 + 17) % (2**63 - 1))
 
 
 def _average_grads(params) -> None:
     if not D.is_distributed():
         return
-    import torch.distributed as dist
-
     world = D.get_world_size()
     for p in params:
         if p.grad is not None:
@@ -63,9 +69,6 @@ def _average_grads(params) -> None:
 
 
 def build_pretrain_data(cfg: PretrainConfig):
-    from .. import config as C
-    from ..data import build_dataset
-
     d = cfg.data
     ds = build_dataset(
         d.name, n=d.n, size=d.size, root=C.expand_path(d.root, "data.root"),
@@ -77,14 +80,8 @@ def build_pretrain_data(cfg: PretrainConfig):
 
 
 def build_objective_for(cfg: PretrainConfig, in_channels: int, num_classes: int = 1):
-    from .objectives import build_objective, build_release_mae_objective
-
     torch.manual_seed(cfg.seed)
     if cfg.objective.name == "release_mae":
-        import dataclasses
-
-        from .config import ReleaseMAEConfig
-
         return build_release_mae_objective(in_channels, num_classes, **dataclasses.asdict(cfg.release_mae or ReleaseMAEConfig()))
     kwargs = dict(cfg.objective.kwargs)
     if cfg.objective.name in ("simclr", "moco"):
@@ -95,8 +92,6 @@ def build_objective_for(cfg: PretrainConfig, in_channels: int, num_classes: int 
             stem_stride=cfg.backbone.stem_stride, **kwargs,
         )
     except TypeError as exc:
-        from ..config import ConfigError
-
         raise ConfigError(f"objective.kwargs: {exc}") from None
 
 
@@ -122,186 +117,167 @@ def probe_accuracy(train_f, train_y, test_f, test_y) -> float:
     return float(clf.score(scaler.transform(test_f.numpy()), test_y.numpy()))
 
 
-def pretrain_loop(
-    cfg: PretrainConfig,
-    out_dir: str | Path,
-    *,
-    reporter: Optional[Callable[[int, dict], None]] = None,
-    resume: bool = True,
-    progress: bool = True,
-    evaluate: bool = True,
-    checkpoint_hook: Optional[Callable[[int, Path], None]] = None,
-) -> dict:
-    """Pre-train (and optionally fine-tune) the encoder of `cfg`; returns the summary."""
-    from .objectives import FineTune
+class _Pretraining:
+    """The state of one pre-training run: data and its split, the objective, the optional
+    fine-tuning head, the phase ("pretrain", then "finetune") and its optimiser."""
 
-    t0 = time.time()
-    out = Path(out_dir)
-    rank, world = D.get_rank(), D.get_world_size()
-    main = rank == 0
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-    tc, fc = cfg.train, cfg.finetune
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    device = resolve_device(tc.device)
-    for key, b in (("train.batch_size", tc.batch_size), ("finetune.batch_size", fc.batch_size)):
-        if b % world:
-            from ..config import ConfigError
+    def __init__(self, cfg: PretrainConfig, ctx: RunContext):
+        tc, fc = cfg.train, cfg.finetune
+        self.cfg, self.ctx = cfg, ctx
+        for key, b in (("train.batch_size", tc.batch_size), ("finetune.batch_size", fc.batch_size)):
+            if b % ctx.world:
+                raise ConfigError(f"{key}: {b} cannot be split evenly over {ctx.world} workers")
+        self.ds = ds = build_pretrain_data(cfg)
+        self.train_idx, self.test_idx = split_indices(len(ds.x), cfg.seed)
+        self.x_all = ds.x.to(ctx.device)
+        self.y_all = ds.y.to(ctx.device)
+        self.obj = build_objective_for(cfg, int(ds.shape[0]), ds.num_classes).to(ctx.device)
+        self.mask_channel = cfg.objective.name == "mae"
+        rm = cfg.release_mae
+        if rm is not None and ds.num_classes < 2 and (rm.lambda_cls > 0 or rm.finetune_last_steps > 0):
+            raise ConfigError(f"release_mae.lambda_cls / finetune_last_steps: the classifier needs a labelled data set with 2+ classes ({ds.name} has {ds.num_classes})")
+        self.finetune = None
+        if fc.steps > 0 and ds.num_classes > 1:
+            self.finetune = FineTune(
+                self.obj.encoder(), ds.num_classes, augment_kwargs={"strength": 0.5 * cfg.augment.strength, "hflip": cfg.augment.hflip},
+                input_transform=self.obj.features_input if hasattr(self.obj, "features_input") else None,
+            ).to(ctx.device)
+        if fc.steps > 0 and self.finetune is None:
+            raise ConfigError("finetune.steps: classifier fine-tuning needs a labelled data set with 2+ classes")
+        self.start = 0
+        self.phase = "pretrain"
+        self.opt = self._make_opt()
+        self.last_loss = float("nan")
 
-            raise ConfigError(f"{key}: {b} cannot be split evenly over {world} workers")
+    def _make_opt(self) -> torch.optim.Optimizer:
+        tc = self.cfg.train
+        if self.phase == "pretrain":
+            return torch.optim.AdamW(list(self.obj.trainable_parameters()), lr=tc.lr, weight_decay=tc.weight_decay)
+        return torch.optim.AdamW(self.finetune.parameters(), lr=self.cfg.finetune.lr, weight_decay=tc.weight_decay)
 
-    ds = build_pretrain_data(cfg)
-    train_idx, test_idx = split_indices(len(ds.x), cfg.seed)
-    x_all = ds.x.to(device)
-    y_all = ds.y.to(device)
-    in_channels = int(ds.shape[0])
-    obj = build_objective_for(cfg, in_channels, ds.num_classes).to(device)
-    mask_channel = cfg.objective.name == "mae"
-    rm = cfg.release_mae
-    if rm is not None and ds.num_classes < 2 and (rm.lambda_cls > 0 or rm.finetune_last_steps > 0):
-        from ..config import ConfigError
+    def restore(self, state: dict, path: Path) -> None:
+        """Continue from a checkpoint's state (objective, phase, fine-tuning head, optimiser)."""
+        self.obj.load_state_dict(state["objective"])
+        self.start = int(state["step"])
+        self.phase = state.get("phase", "pretrain")
+        if self.phase == "finetune":
+            self.finetune.load_state_dict(state["finetune"])
+        self.opt = self._make_opt()
+        self.opt.load_state_dict(state["optimizer"])
+        D.print0(f"resumed from {path} at step {self.start} ({self.phase})")
 
-        raise ConfigError(f"release_mae.lambda_cls / finetune_last_steps: the classifier needs a labelled data set with 2+ classes ({ds.name} has {ds.num_classes})")
-    finetune = None
-    if fc.steps > 0 and ds.num_classes > 1:
-        finetune = FineTune(
-            obj.encoder(), ds.num_classes, augment_kwargs={"strength": 0.5 * cfg.augment.strength, "hflip": cfg.augment.hflip},
-            input_transform=obj.features_input if hasattr(obj, "features_input") else None,
-        ).to(device)
-    if fc.steps > 0 and finetune is None:
-        from ..config import ConfigError
+    def state(self, step: int) -> dict:
+        """The checkpoint of step `step`."""
+        state = {"step": step, "phase": self.phase, "objective": self.obj.state_dict(), "optimizer": self.opt.state_dict(), "config": to_dict(self.cfg)}
+        if self.finetune is not None and self.phase == "finetune":
+            state["finetune"] = self.finetune.state_dict()
+        return state
 
-        raise ConfigError("finetune.steps: classifier fine-tuning needs a labelled data set with 2+ classes")
-
-    def make_opt(phase: str):
-        if phase == "pretrain":
-            return torch.optim.AdamW(list(obj.trainable_parameters()), lr=tc.lr, weight_decay=tc.weight_decay)
-        return torch.optim.AdamW(finetune.parameters(), lr=fc.lr, weight_decay=tc.weight_decay)
-
-    start = 0
-    phase = "pretrain"
-    opt = make_opt(phase)
-    ckpt_path = out / CHECKPOINT_NAME
-    if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, map_location=device)
-        saved = state.get("config", {})
-        now = to_dict(cfg)
-        for key in ("data", "objective", "backbone", "release_mae"):
-            if saved.get(key) != now.get(key):
-                raise CheckpointError(f"{ckpt_path}: written for a different {key} config ({saved.get(key)} vs {now.get(key)}); use another --out or delete it")
-        obj.load_state_dict(state["objective"])
-        start = int(state["step"])
-        phase = state.get("phase", "pretrain")
-        if phase == "finetune":
-            finetune.load_state_dict(state["finetune"])
-        opt = make_opt(phase)
-        opt.load_state_dict(state["optimizer"])
-        D.print0(f"resumed from {ckpt_path} at step {start} ({phase})")
-
-    log = JsonlLog(out / "metrics.jsonl", start) if main else None
-
-    def save(step: int) -> None:
-        if main:
-            state = {"step": step, "phase": phase, "objective": obj.state_dict(), "optimizer": opt.state_dict(), "config": to_dict(cfg)}
-            if finetune is not None and phase == "finetune":
-                state["finetune"] = finetune.state_dict()
-            save_checkpoint(state, ckpt_path)
-            if checkpoint_hook is not None:
-                checkpoint_hook(step, out)
-        D.barrier()
-
-    bar = None
-    if progress and main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.total_steps, initial=start, desc=cfg.name, unit="step", dynamic_ncols=True)
-
-    window: dict[str, float] = {}
-    window_n = 0
-    step_time = time.time()
-    last_loss = float("nan")
-    obj.train()
-    for step in range(start, cfg.total_steps):
-        if step == tc.steps and phase == "pretrain":
-            phase = "finetune"
-            opt = make_opt(phase)
-        rng = _step_rng(cfg.seed, step)
-        pre = phase == "pretrain"
+    def step(self, step: int) -> dict:
+        """One optimisation step (of the objective, or of the fine-tuning head after
+        train.steps); returns its metrics."""
+        cfg, tc, fc, ctx = self.cfg, self.cfg.train, self.cfg.finetune, self.ctx
+        if step == tc.steps and self.phase == "pretrain":
+            self.phase = "finetune"
+            self.opt = self._make_opt()
+        rng = STEP_RNG(cfg.seed, step)
+        pre = self.phase == "pretrain"
         batch = tc.batch_size if pre else fc.batch_size
-        idx = train_idx[torch.randint(len(train_idx), (batch,), generator=rng)]
-        mine = idx[rank * batch // world : (rank + 1) * batch // world].to(device)
+        idx = self.train_idx[torch.randint(len(self.train_idx), (batch,), generator=rng)]
+        mine = idx[ctx.rank * batch // ctx.world : (ctx.rank + 1) * batch // ctx.world].to(ctx.device)
+        x, y = self.x_all[mine], self.y_all[mine]
         if pre:
             lr = tc.lr * lr_factor(step, warmup=tc.warmup_steps, total=tc.steps, schedule=tc.schedule)
-            obj.set_step(step, tc.steps)
-            if obj.uses_labels:
-                loss, info = obj.loss(x_all[mine], rng, labels=y_all[mine])
-            else:
-                loss, info = obj.loss(x_all[mine], rng)
-            params = list(obj.trainable_parameters())
+            self.obj.set_step(step, tc.steps)
+            loss, info = self.obj.loss(x, rng, labels=y) if self.obj.uses_labels else self.obj.loss(x, rng)
+            params = list(self.obj.trainable_parameters())
         else:
             k = step - tc.steps
             lr = fc.lr * lr_factor(k, warmup=min(tc.warmup_steps, fc.steps // 10), total=fc.steps, schedule="cosine")
-            loss, info = finetune.loss(x_all[mine], y_all[mine], rng)  # augments, adds MAE's mask channel
-            params = list(finetune.parameters())
-            info = {f"ft_{k2}": v for k2, v in info.items()}
-        for g in opt.param_groups:
+            loss, info = self.finetune.loss(x, y, rng)  # augments, adds MAE's mask channel
+            params = list(self.finetune.parameters())
+            info = {f"ft_{name}": v for name, v in info.items()}
+        for g in self.opt.param_groups:
             g["lr"] = lr
-        opt.zero_grad(set_to_none=True)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
         _average_grads(params)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, tc.grad_clip))
-        opt.step()
-        last_loss = float(loss.detach())
-        metrics = {"loss" if pre else "ft_loss": last_loss, **{k2: float(v) for k2, v in info.items()}, "grad_norm": grad_norm, "lr": lr}
-        if not math.isfinite(last_loss):
-            raise PretrainDiverged(f"step {step}: loss is {last_loss} (last good checkpoint: {ckpt_path})")
-        for k2, v in metrics.items():
-            window[k2] = window.get(k2, 0.0) + v
-        window_n += 1
-        done = step + 1
-        if bar is not None:
-            bar.update(1)
-            if done % 10 == 0:
-                bar.set_postfix(loss=f"{last_loss:.4f}", phase=phase)
-        boundary = done == tc.steps or done == cfg.total_steps
-        if done % tc.log_every == 0 or boundary:
-            now = time.time()
-            avg = {k2: v / window_n for k2, v in window.items()}
-            avg["steps_per_sec"] = window_n / max(now - step_time, 1e-9)
-            window, window_n, step_time = {}, 0, now
-            if main:
-                log(done, avg)
-                if reporter is not None:
-                    reporter(done, avg)
-        if tc.ckpt_every and done % tc.ckpt_every == 0 and done != cfg.total_steps:
-            save(done)
-    if bar is not None:
-        bar.close()
-    save(cfg.total_steps)
-    train_seconds = time.time() - t0
+        self.opt.step()
+        self.last_loss = float(loss.detach())
+        return {"loss" if pre else "ft_loss": self.last_loss, **{name: float(v) for name, v in info.items()}, "grad_norm": grad_norm, "lr": lr}
 
-    backbone = obj.encoder()
-    summary: dict = {"steps": cfg.total_steps, "seconds": round(train_seconds, 2), "train_seconds": round(train_seconds, 2), "final_loss": last_loss}
-    if main:
+    def finish(self, evaluate: bool) -> dict:
+        """The summary; on rank 0 also the linear probe (`evaluate`, labelled data), the
+        encoder artifact and summary.json."""
+        cfg, ctx, ds, obj = self.cfg, self.ctx, self.ds, self.obj
+        backbone = obj.encoder()
+        summary = {**timing_summary(ctx, cfg.total_steps), "final_loss": self.last_loss}
+        if not ctx.main:
+            return summary
         extra = {}
         if evaluate and ds.num_classes > 1:
             backbone.eval()
             obj.eval()
-            f_tr = pooled_features(obj.pooled, x_all[train_idx.to(device)])
-            f_te = pooled_features(obj.pooled, x_all[test_idx.to(device)])
-            summary["probe_accuracy"] = probe_accuracy(f_tr, ds.y[train_idx], f_te, ds.y[test_idx])
+            f_tr = pooled_features(obj.pooled, self.x_all[self.train_idx.to(ctx.device)])
+            f_te = pooled_features(obj.pooled, self.x_all[self.test_idx.to(ctx.device)])
+            summary["probe_accuracy"] = probe_accuracy(f_tr, ds.y[self.train_idx], f_te, ds.y[self.test_idx])
             extra["probe_accuracy"] = summary["probe_accuracy"]
         path = write_encoder_artifact(
-            out, backbone, name=cfg.registered_name, objective=cfg.objective.name, data={"name": cfg.data.name, "size": cfg.data.size},
-            config_hash=config_hash(cfg), input_shape=ds.shape, mask_channel=mask_channel, extra=extra, arch=obj.artifact_meta(),
-            finetuned=finetune is not None or (cfg.release_mae is not None and cfg.release_mae.finetune_last_steps > 0),
+            ctx.out, backbone, name=cfg.registered_name, objective=cfg.objective.name, data={"name": cfg.data.name, "size": cfg.data.size},
+            config_hash=config_hash(cfg), input_shape=ds.shape, mask_channel=self.mask_channel, extra=extra, arch=obj.artifact_meta(),
+            finetuned=self.finetune is not None or (cfg.release_mae is not None and cfg.release_mae.finetune_last_steps > 0),
         )
         summary["encoder_dir"] = str(path)
         summary["config_hash"] = config_hash(cfg)
-        summary["seconds"] = round(time.time() - t0, 2)
-        tmp = out / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        os.replace(tmp, out / "summary.json")
+        summary["seconds"] = round(ctx.elapsed(), 2)
+        write_summary(ctx, summary)
+        return summary
+
+
+def pretrain_loop(
+    cfg: PretrainConfig,
+    out_dir: str | Path,
+    *,
+    reporter: Optional[Reporter] = None,  # called on rank 0 every train.log_every steps and at the phase ends
+    resume: bool = True,  # continue from out_dir/checkpoint.pt when it exists
+    progress: bool = True,  # a tqdm bar on rank 0
+    evaluate: bool = True,  # the linear probe's accuracy in summary.json (labelled data)
+    checkpoint_hook: Optional[CheckpointHook] = None,  # after each checkpoint
+) -> dict:
+    """Pre-train (and optionally fine-tune) the encoder of `cfg`; returns the summary."""
+    tc = cfg.train
+    # setup: the process, then data, objective, fine-tuning head, optimiser
+    ctx = RunContext.start(out_dir, device=tc.device, threads=tc.threads)
+    run = _Pretraining(cfg, ctx)
+    # resume: the checkpoint must have been written for the same data / objective / network
+    ckpt = Checkpointer(ctx, checkpoint_hook)
+    state = ckpt.load(to_dict(cfg), IDENTITY_KEYS) if resume else None
+    if state is not None:
+        run.restore(state, ckpt.path)
+    log = StepLog(ctx, run.start, reporter)
+    bar = Progress(progress and ctx.main, total=cfg.total_steps, initial=run.start, desc=cfg.name)
+
+    window = MetricWindow()
+    run.obj.train()
+    for step in range(run.start, cfg.total_steps):
+        # step: one optimisation step; a non-finite loss stops the run
+        metrics = run.step(step)
+        if not math.isfinite(run.last_loss):
+            raise PretrainDiverged(f"step {step}: loss is {run.last_loss} (last good checkpoint: {ckpt.path})")
+        window.add(metrics)
+        done = step + 1
+        bar.update({"loss": f"{run.last_loss:.4f}", "phase": run.phase} if done % 10 == 0 else None)
+        # log: window averages to metrics.jsonl and the reporter, also at the end of each phase
+        if done % tc.log_every == 0 or done in (tc.steps, cfg.total_steps):
+            log(done, window.mean())
+        # checkpoint: every train.ckpt_every steps, and at the end
+        if tc.ckpt_every and done % tc.ckpt_every == 0 and done != cfg.total_steps:
+            ckpt.save(done, run.state)
+    bar.close()
+    ckpt.save(cfg.total_steps, run.state)
+
+    # finish: probe, encoder artifact, summary.json (rank 0)
+    summary = run.finish(evaluate)
     D.barrier()
     return summary

@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..encoders.backbone import ResNetBackbone, group_norm
+from ..models.release_mae import ReleaseMAE, fold_patches
 from .augment import augment, two_views
 
 #: augmentation of the fine-tune objective: the full family at half strength
@@ -370,8 +371,6 @@ class ReleaseMAEObjective(Objective):
         self.lambda_cls = release_lambda_cls(step, total, **self.schedule)
 
     def fold(self, x: torch.Tensor) -> torch.Tensor:
-        from ..models.release_mae import fold_patches
-
         return fold_patches(x, self.net.ips)
 
     def random_mask(self, n: int, h: int, w: int, generator: torch.Generator,
@@ -428,8 +427,6 @@ def build_release_mae_objective(in_channels: int, num_classes: int, *, base_chan
     """A fresh `ReleaseMAE` for C = in_channels and num_classes, with the release's objective
     (loss_kwargs: mask_ratio_min / max, lambda_cls, finetune_last_steps, warmup_finetune,
     finetune_cls)."""
-    from ..models.release_mae import ReleaseMAE
-
     net = ReleaseMAE(in_channels=int(in_channels), base_channels=int(base_channels), layers=tuple(layers),
                      num_classes=max(int(num_classes), 1), patch_size=int(patch_size), input_patch_size=int(input_patch_size))
     return ReleaseMAEObjective(net, **loss_kwargs)

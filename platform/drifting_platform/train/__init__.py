@@ -1,5 +1,5 @@
 """Framework-neutral training: the loop, its objective, EMA, checkpoints, the launcher seam."""
 
-from .loop import TrainingDiverged, build_components, train, training_loop
+from .loop import TrainingDiverged, build_components, training_loop
 
-__all__ = ["TrainingDiverged", "build_components", "train", "training_loop"]
+__all__ = ["TrainingDiverged", "build_components", "training_loop"]

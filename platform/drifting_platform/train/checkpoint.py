@@ -15,7 +15,11 @@ from typing import Any
 
 import torch
 
-CHECKPOINT_NAME = "checkpoint.pt"
+from ..rundir import CHECKPOINT
+
+# launch/ray_train.py on main imports this name; the launch branch uses rundir.CHECKPOINT,
+# after which it goes
+CHECKPOINT_NAME = CHECKPOINT
 FORMAT = "drifting-platform/checkpoint/v1"
 
 
@@ -74,7 +78,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
-        path = path / CHECKPOINT_NAME
+        path = path / CHECKPOINT
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint here")
     try:

@@ -4,7 +4,8 @@ Image data: FID and KID against the data set through torch-fidelity with the pla
 feature extractor (or Inception from a local weights file); the data set's features and
 statistics are computed once and cached (`eval/fidelity.py`), so only the generated samples
 are encoded per evaluation. 2-D data: MMD against fresh data
-and the number of modes covered. Writes `samples.npz` (contract 4) and `samples.png`.
+and the number of modes covered. Writes `samples.npz` (the format `drifting-platform sample`
+writes: `samples` float32 in output space, `labels` int64) and `samples.png`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import Config
+from .. import rundir
+from ..config import Config, expand_path
+from ..data import sample_toy, toy_mode_centers
+from ..eval.classifier import get_digits_classifier
+from ..eval.independent import diversity_ratio, label_accuracy
+from ..eval.metrics import fid_from_features, high_quality_fraction, mmd_rbf, modes_covered
 from ..sampling import balanced_labels, generate, write_grid, write_samples
 
 
@@ -23,13 +29,10 @@ def evaluate_run(cfg: Config, dataset, generator: torch.nn.Module, out: Path, *,
     labels = balanced_labels(e.num_samples, dataset.num_classes)
     x = generate(generator, labels, cfg_scale=e.cfg_scale, seed=cfg.seed + 12345, batch_size=e.batch_size, device=device)
     samples = dataset.to_output(x)
-    write_samples(out / "samples.npz", samples, labels.numpy())
+    write_samples(out / rundir.SAMPLES, samples, labels.numpy())
     reference = dataset.to_output(dataset.x)
     metrics: dict = {}
     if dataset.kind == "toy":
-        from ..data import sample_toy, toy_mode_centers
-        from ..eval.metrics import high_quality_fraction, mmd_rbf, modes_covered
-
         # fresh draws from the same toy distribution (dataset.name survives a shard round trip)
         ref = sample_toy(dataset.name, n=max(len(samples), 2000), seed=cfg.seed + 999)
         metrics["mmd"] = float(mmd_rbf(torch.from_numpy(samples), torch.from_numpy(ref)))
@@ -38,11 +41,9 @@ def evaluate_run(cfg: Config, dataset, generator: torch.nn.Module, out: Path, *,
             metrics["modes_covered"] = int(modes_covered(samples, centers))
             metrics["modes_total"] = int(len(centers))
             metrics["high_quality_fraction"] = float(high_quality_fraction(samples, centers))
-        write_grid(out / "samples.png", samples, labels.numpy(), reference=ref[:2000])
+        write_grid(out / rundir.GRID, samples, labels.numpy(), reference=ref[:2000])
     elif dataset.kind == "image":
-        from ..eval.fidelity import image_metrics
-
-        from ..config import expand_path
+        from ..eval.fidelity import image_metrics  # torch-fidelity, only for image data
 
         weights = expand_path(e.inception_weights, "eval.inception_weights") if e.extractor == "inception" else None
         # the reference statistics are cached per data set + extractor + sample count
@@ -51,11 +52,9 @@ def evaluate_run(cfg: Config, dataset, generator: torch.nn.Module, out: Path, *,
         if cfg.data.name == "digits":
             # an independent check: an sklearn classifier that shares nothing with the FID
             # features reads the generated digits, and per-class spread against the data's
-            from ..eval.independent import diversity_ratio, label_accuracy
-
             metrics["label_accuracy"] = float(label_accuracy(samples, labels.numpy()))
             metrics["diversity_ratio"] = float(diversity_ratio(samples, labels.numpy()))
-        write_grid(out / "samples.png", samples, labels.numpy())
+        write_grid(out / rundir.GRID, samples, labels.numpy())
     else:  # latents: no pixel-space metric without a decoder
         metrics["latent_mean_abs_diff"] = float(np.abs(samples.mean(0) - reference.mean(0)).mean())
     return metrics
@@ -75,15 +74,11 @@ class QuickEval:
         self.labels = balanced_labels(n, dataset.num_classes)
         self.kind = None
         if dataset.kind == "image" and cfg.eval.extractor == "digits" and dataset.shape[0] in (1, 3):
-            from ..eval.classifier import get_digits_classifier
-
             self.kind = "fid"
             self.net = get_digits_classifier()
             with torch.no_grad():
                 self.ref = self.net.features(torch.from_numpy(dataset.to_output(dataset.x)))
         elif dataset.kind == "toy":
-            from ..data import sample_toy
-
             self.kind = "mmd"
             self.ref = torch.from_numpy(sample_toy(dataset.name, n=max(n, 1000), seed=cfg.seed + 999))
 
@@ -93,10 +88,6 @@ class QuickEval:
         x = generate(generator, self.labels, cfg_scale=self.cfg.eval.cfg_scale, seed=self.cfg.seed + 777, device=self.device)
         out = torch.from_numpy(self.dataset.to_output(x))
         if self.kind == "fid":
-            from ..eval.metrics import fid_from_features
-
             with torch.no_grad():
                 return {"fid": float(fid_from_features(self.net.features(out).numpy(), self.ref.numpy()))}
-        from ..eval.metrics import mmd_rbf
-
         return {"mmd": float(mmd_rbf(out, self.ref))}
