@@ -1,11 +1,5 @@
 import os
-from pathlib import Path
-
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "experiments" / "configs"
-
 
 @pytest.fixture(scope="session", autouse=True)
 def _cache_dir(tmp_path_factory):

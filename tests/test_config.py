@@ -12,7 +12,7 @@ from drifting_platform.config import (
     resolve_raw,
     to_dict,
 )
-from conftest import CONFIGS
+from helpers import CONFIGS
 
 
 def test_defaults_round_trip():

@@ -25,6 +25,9 @@ JAX release number for number, see /work/shared/golden); ``drift_field`` is the 
 Algorithm 2 on raw coordinates (one temperature, no normalisation), for toy data and tests.
 ``sample_cfg_alpha`` and ``cfg_negative_weight`` implement the classifier-free-guidance
 training recipe (unconditional data as extra, weighted negatives).
+
+(Over 400 lines: the notation, the kernel's chunked paths and the loss share their
+constants and derivation; the docstrings carry the paper's equations.)
 """
 
 from __future__ import annotations

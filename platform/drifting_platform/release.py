@@ -15,6 +15,9 @@ Every parameter of the release tree maps to one tensor of our modules (`*_param_
 flax Dense kernels [in, out] are transposed, conv kernels [kh, kw, in, out] permuted to
 [out, in, kh, kw]; a parameter missing, extra or of the wrong shape is a `ReleaseError`
 naming its path. This module imports neither Ray nor MLflow.
+
+(Over 400 lines: the msgpack reader, both parameter maps and the loader check one format
+together; split, each part would need the others' private details.)
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ loop alone steps the optimiser:
     obj = build_objective("simclr", 1, widths=(32, 64))
     opt = torch.optim.Adam(obj.trainable_parameters(), lr=1e-3)
     loss, info = obj.loss(x, generator); opt.zero_grad(); loss.backward(); opt.step()
+
+(Over 400 lines: one small class per objective - SimCLR, MoCo-v2, MAE, the release's
+Latent-MAE, the fine-tune head - behind one interface; each is short.)
 """
 
 from __future__ import annotations
