@@ -1,5 +1,9 @@
+"""Fixtures shared by the test files (plain values and functions: helpers.py)."""
+
 import os
+
 import pytest
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _cache_dir(tmp_path_factory):

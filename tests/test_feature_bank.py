@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import CONFIGS
+from helpers import CONFIGS
 from drifting_platform.config import ConfigError, load_config
 from drifting_platform.encoders import build_encoder
 from drifting_platform.encoders.random_cnn import RandomCNNEncoder

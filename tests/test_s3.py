@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CONFIGS
+from helpers import CONFIGS
 from helpers import free_port
 
 from drifting_platform import storage

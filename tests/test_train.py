@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CONFIGS
+from helpers import CONFIGS
 from drifting_platform.config import ConfigError, load_config
 from drifting_platform.train import TrainingDiverged, training_loop
 from drifting_platform.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
