@@ -59,6 +59,18 @@ def _drop_if_empty(path: str, created_here: bool) -> None:
         p.rmdir()
 
 
+def _worker_options(fn):
+    """--set, --workers and --gpu: what `train` and `pretrain` share."""
+    fn = click.option("--gpu", is_flag=True, help="One GPU per Ray Train worker (NCCL); needs --workers.")(fn)
+    fn = click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Ray Train DDP workers; 0 trains in this process without Ray.")(fn)
+    return click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config value; repeatable.")(fn)
+
+
+def _check_gpu(gpu: bool, workers: int) -> None:
+    if gpu and workers < 1:
+        raise click.BadParameter("--gpu needs --workers N (N >= 1)", param_hint="--gpu")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="drifting-platform")
 def main() -> None:
@@ -69,9 +81,7 @@ def main() -> None:
 @click.argument("config")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Run directory (checkpoint, metrics, samples, summary.json).")
 @click.option("--preset", default=None, help="A preset of the config file (smoke, local, paper, ...).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config value; repeatable.")
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Ray Train DDP workers; 0 trains in this process without Ray.")
-@click.option("--gpu", is_flag=True, help="One GPU per Ray Train worker (NCCL); needs --workers.")
+@_worker_options
 @click.option("--storage-path", default=None, metavar="DIR|s3://BUCKET/PREFIX", help="Where Ray Train keeps checkpoints and results (default OUT/ray); needs --workers. s3:// uses AWS_ENDPOINT_URL and the AWS credential chain.")
 @click.option("--no-resume", is_flag=True, help="Start afresh even if --out holds a checkpoint.")
 @click.option("--no-eval", is_flag=True, help="Skip the final metrics and samples.")
@@ -79,8 +89,7 @@ def main() -> None:
 def train(config: str, out: str, preset: str | None, overrides: tuple[str, ...], workers: int, gpu: bool, storage_path: str | None, no_resume: bool, no_eval: bool, quiet: bool) -> None:
     """Train one generator and write OUT/summary.json (in this process, or on Ray Train workers)."""
     cfg = _load(config, preset, overrides)
-    if gpu and workers < 1:
-        raise click.BadParameter("--gpu needs --workers N (N >= 1)", param_hint="--gpu")
+    _check_gpu(gpu, workers)
     if storage_path and workers < 1:
         raise click.BadParameter("--storage-path is Ray Train's storage; it needs --workers N (N >= 1)", param_hint="--storage-path")
     from . import tracking  # noqa: F401 - registers the resolvers of models:/ and runs:/ encoder sources
@@ -109,9 +118,7 @@ def train(config: str, out: str, preset: str | None, overrides: tuple[str, ...],
 @click.argument("config")
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False), help="Run directory (default $DRIFTING_HOME/pretrain/NAME-HASH; resumes there).")
 @click.option("--preset", default=None, help="A preset of the config file (smoke, local, ...).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config value; repeatable.")
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Ray Train DDP workers; 0 trains in this process without Ray.")
-@click.option("--gpu", is_flag=True, help="One GPU per Ray Train worker (NCCL); needs --workers.")
+@_worker_options
 @click.option("--no-register", is_flag=True, help="Track the run in MLflow but do not register the weights.")
 @click.option("--no-resume", is_flag=True, help="Start afresh even if the run directory holds a checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -120,8 +127,7 @@ def pretrain(config: str, out: str | None, preset: str | None, overrides: tuple[
     track it in MLflow (experiment "encoders") and register its weights as a model version."""
     from .launch.pretrain import load_pretrain_config, run_pretrain
 
-    if gpu and workers < 1:
-        raise click.BadParameter("--gpu needs --workers N (N >= 1)", param_hint="--gpu")
+    _check_gpu(gpu, workers)
     try:
         cfg = load_pretrain_config(resolve_config_path(config), preset, overrides)
         res = run_pretrain(cfg, out, workers=workers, gpu=gpu, register=False if no_register else None, progress=not quiet, resume=not no_resume)

@@ -253,17 +253,7 @@ class SweepTracker:
     def find_latest_sweep(self, experiment: Optional[str] = None):
         """The most recently started parent run (tag ``drifting.sweep=true``) of ``experiment``
         (default: this tracker's), or None."""
-        exp_id = self.experiment_id(experiment, create=False)
-        if exp_id is None:
-            return None
-        runs = with_retry(
-            self.client.search_runs,
-            [exp_id],
-            filter_string=f"tags.`{TAG_SWEEP}` = 'true'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-        return runs[0] if runs else None
+        return self._latest_parent(experiment)
 
     def child_runs(self, parent_id: str) -> list:
         """Every child run of ``parent_id``, in start order."""
@@ -293,13 +283,18 @@ class SweepTracker:
     def find_sweep_run(self, experiment: str, sweep_name: str):
         """The parent run of sweep instance ``sweep_name`` (tag ``drifting.sweep_name``) in
         ``experiment``, or None: what ``--resume`` reopens."""
-        exp_id = self.experiment_id(self.experiment or experiment, create=False)
+        return self._latest_parent(self.experiment or experiment, f" and tags.`{TAG_SWEEP_NAME}` = '{sweep_name}'")
+
+    def _latest_parent(self, experiment: Optional[str], also: str = ""):
+        """The most recently started sweep parent run of `experiment` matching the extra
+        filter `also` (" and tags.`...` = '...'"), or None."""
+        exp_id = self.experiment_id(experiment, create=False)
         if exp_id is None:
             return None
         runs = with_retry(
             self.client.search_runs,
             [exp_id],
-            filter_string=f"tags.`{TAG_SWEEP}` = 'true' and tags.`{TAG_SWEEP_NAME}` = '{sweep_name}'",
+            filter_string=f"tags.`{TAG_SWEEP}` = 'true'{also}",
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
