@@ -4,7 +4,7 @@
     python benchmarks/gpu_release_check.py --golden DIR --tiny     # the same code on the CPU, seconds
 
 1. Parity: every golden case of `release_models/` (DIR holds the case folders and .npz files;
-   copy ../shared/golden/release_models there, shared/ does not travel to the GPU machine)
+   copy the golden release_models folder there: the shared golden folder does not travel to the GPU machine)
    loaded with `load_release`, run on the device in float32 with TF32 off, compared with the
    release's outputs (max|ours - ref| / max|ref|, must be <= 1e-4).
 2. Step: one training step of `release-b/2` (the paper's ablation generator) drifting in the

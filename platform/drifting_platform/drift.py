@@ -21,7 +21,8 @@ the two halves cross-weighted by each other's total mass, so that V = 0 when p =
 field is anti-symmetric: swapping p and q negates it).
 
 ``drift_loss`` is the batched feature-space version used for training (it matches the authors'
-JAX release number for number, see /work/shared/golden); ``drift_field`` is the paper's
+JAX release number for number: tests/test_drift.py checks its golden outputs, shipped in
+tests/data/golden); ``drift_field`` is the paper's
 Algorithm 2 on raw coordinates (one temperature, no normalisation), for toy data and tests.
 ``sample_cfg_alpha`` and ``cfg_negative_weight`` implement the classifier-free-guidance
 training recipe (unconditional data as extra, weighted negatives).

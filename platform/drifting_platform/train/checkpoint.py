@@ -17,9 +17,6 @@ import torch
 
 from ..rundir import CHECKPOINT
 
-# launch/ray_train.py on main imports this name; the launch branch uses rundir.CHECKPOINT,
-# after which it goes
-CHECKPOINT_NAME = CHECKPOINT
 FORMAT = "drifting-platform/checkpoint/v1"
 
 
