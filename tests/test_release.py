@@ -1,4 +1,4 @@
-"""Release artifacts (`load_release`, the README's release interface): the golden cases through `load_release` (release folder and
+"""Release artifacts (the README's release interface): the golden cases through `load_release` (release folder and
 converted folder), round trips of configurations outside the golden set, invariants of the
 release's math, bad input, hf:// through huggingface_hub's cache, the CLI, and MLflow tags."""
 
