@@ -350,8 +350,13 @@ def parse_override(item: str) -> dict:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"{key}: cannot read value {raw!r}: {exc}") from None
-    out: dict = value
-    for part in reversed(key.split(".")):
+    return nest(key, value)
+
+
+def nest(path: str, value: Any) -> dict:
+    """`nest("a.b", 1)` -> {"a": {"b": 1}}: a config path's value as a nested mapping."""
+    out: Any = value
+    for part in reversed(path.split(".")):
         out = {part: out}
     return out
 

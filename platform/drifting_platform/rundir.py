@@ -25,7 +25,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 CHECKPOINT = "checkpoint.pt"
 DIVERGED = "diverged.pt"
@@ -53,6 +53,20 @@ def read_json(path: str | Path, default: Any = None) -> Any:
     if not path.exists():
         return default
     return json.loads(path.read_text())
+
+
+def read_metrics(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(step, the rest of the record) for every readable line of a metrics.jsonl, in file
+    order; nothing when the file does not exist. A line cut by a crash is skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        yield int(rec.pop("step", 0)), rec
 
 
 def numeric(metrics: Mapping[str, Any]) -> dict[str, float]:

@@ -58,14 +58,6 @@ def slug(text: str) -> str:
     return rundir.slug(text, keep=".=+-", strip="_", limit=60, default="trial")
 
 
-def nest(path: str, value: Any) -> dict:
-    """`nest("a.b", 1)` -> {"a": {"b": 1}}."""
-    out: Any = value
-    for part in reversed(path.split(".")):
-        out = {part: out}
-    return out
-
-
 def fmt(v: Any) -> str:
     """`v` as it would be written in YAML flow style (labels, `--set` items)."""
     return yaml.safe_dump(v, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
@@ -81,7 +73,7 @@ def build_trial_config(spec: "SweepSpec", params: dict) -> C.Config:
     """The validated config of a trial: `params` merged into the sweep's resolved base."""
     raw = copy.deepcopy(spec.base_raw)
     for path, value in params.items():
-        raw = C.deep_merge(raw, nest(path, value))
+        raw = C.deep_merge(raw, C.nest(path, value))
     return C.from_dict(raw)
 
 

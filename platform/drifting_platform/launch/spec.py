@@ -41,7 +41,7 @@ from typing import Any, Literal, Optional
 
 from .. import config as C
 from ..config import ConfigError
-from .points import Trial, build_trial_config, first_bad_trial, first_point, fmt, nest, plan_trials
+from .points import Trial, build_trial_config, first_bad_trial, first_point, fmt, plan_trials
 
 SEARCHES = ("grid", "optuna")
 SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
@@ -166,7 +166,7 @@ def _override_list(raw: Any, where: str, file: Path) -> tuple[str, ...]:
 def _check_path(path: str, where: str, file: Path) -> None:
     """A parameter path must name a config field (checked against the schema, not the value)."""
     try:
-        C.build_dataclass(C.Config, nest(path, None), "")
+        C.build_dataclass(C.Config, C.nest(path, None), "")
     except ConfigError as exc:
         if "unknown key" in str(exc):
             raise _err(where, f"{path!r} is not a config key ({exc})", file) from None

@@ -19,7 +19,6 @@ attribute) and a final result with the summary (fid / kid, or mmd ...) and `fina
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -104,15 +103,8 @@ class TrialDir:
 
     def history(self) -> Iterator[tuple[int, dict]]:
         """(step, numeric metrics) of every readable line of metrics.jsonl, in file order."""
-        path = self.path / rundir.METRICS
-        if not path.exists():
-            return
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            yield int(rec.pop("step", 0)), rundir.numeric(rec)
+        for step, rec in rundir.read_metrics(self.path / rundir.METRICS):
+            yield step, rundir.numeric(rec)
 
     def artifacts(self) -> list[str]:
         """The files a finished trial's run carries: samples, their grid, the summary."""

@@ -13,7 +13,6 @@ builds an encoder from a registry URI only after ``import drifting_platform.trac
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -21,11 +20,11 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 from ..encoder_artifact import (
-    ENCODER_DIR, META_FILE, REGISTRY_PREFIXES, artifact_folder, model_uri, parse_model_uri, register_source_resolver,
+    ENCODER_DIR, META_FILE, REGISTRY_PREFIXES, artifact_folder, model_uri, parse_model_uri, read_meta, register_source_resolver,
     write_registry_record,
 )
 from ..home import drifting_home
-from ..rundir import METRICS, SUMMARY
+from ..rundir import METRICS, SUMMARY, read_metrics
 from .client import SweepTracker
 from .store import clean_tags, dir_name, mask_url_credentials, tracking_uri, with_retry
 from .tags import TAG_CONFIG_HASH, TAG_ENCODER_MODEL, TAG_ENCODER_SOURCE, TAG_ENCODER_VERSION, TAG_EXPERIMENT, TAG_REGISTERED
@@ -67,19 +66,14 @@ def record_pretrain(
     """
     run_dir = Path(run_dir)
     tracker = SweepTracker(experiment, uri=uri)
-    meta = json.loads((run_dir / ENCODER_DIR / META_FILE).read_text())
+    meta = read_meta(run_dir / ENCODER_DIR)
     run_tags = {**clean_tags(tags), TAG_EXPERIMENT: experiment, TAG_CONFIG_HASH: config_hash, "drifting.objective": meta.get("objective", "")}
     run_id = tracker.create_run(experiment, run_name or name, run_tags)
     try:
         tracker.log_params(run_id, config)
         metrics_file = run_dir / METRICS
-        if metrics_file.is_file():
-            for line in metrics_file.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                tracker.log_metrics(run_id, {k: v for k, v in row.items() if k != "step"}, int(row.get("step", 0)))
+        for step, row in read_metrics(metrics_file):
+            tracker.log_metrics(run_id, row, step)
         tracker.log_metrics(run_id, {k: v for k, v in summary.items() if k != "steps"}, int(summary.get("steps", 0)))
         tracker.log_artifacts(run_id, run_dir / ENCODER_DIR, ENCODER_DIR)
         tracker.log_artifacts(run_id, [p for p in (run_dir / SUMMARY, metrics_file) if p.is_file()])
