@@ -234,7 +234,7 @@ def release_info(path: str) -> None:
 @click.option("--storage-path", default=None, metavar="DIR|s3://BUCKET/PREFIX", help="Where Ray Tune keeps its state and multi-worker trials their Ray Train checkpoints (default: the sweep directory). s3:// uses AWS_ENDPOINT_URL and the AWS credential chain.")
 def sweep(sweep_file: str, preset: str | None, overrides: tuple[str, ...], out_root: str | None, resume: bool, no_report: bool, storage_path: str | None) -> None:
     """Run a Ray Tune sweep (grid, rows or Optuna) tracked in MLflow; then print its table."""
-    from .launch.sweep import run_sweep  # Ray loads only once the sweep file is valid
+    from .launch.sweep import SweepInterrupted, resume_command, run_sweep  # Ray loads only once the sweep file is valid
 
     path = resolve_config_path(sweep_file)
     try:
@@ -243,12 +243,29 @@ def sweep(sweep_file: str, preset: str | None, overrides: tuple[str, ...], out_r
         raise click.ClickException(f"bad sweep: {exc}") from None
     except _run_errors() as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+    except SweepInterrupted as exc:  # the runs are KILLED, no report was written
+        click.echo(str(exc), err=True)
+        click.echo(f"resume with: {resume_command(sys.argv)}", err=True)
+        sys.exit(exc.exit_code)
+    if result.already_complete:
+        click.echo(f"sweep {result.experiment} ({result.sweep_dir}) is already complete: {result.counts()}; nothing to run")
+        if not no_report:
+            _print_report_paths(result.experiment)
+        return
     for t in result.trials:
         shown = {k: round(v, 4) for k, v in t.metrics.items() if k in (result.metric.name, "kid", "mmd", "modes_covered", "steps", "seconds")}
         click.echo(f"  {t.status:9s} {t.label:28s} {shown}" + (f"  error: {t.error.splitlines()[0]}" if t.error else ""))
     click.echo(f"trials in {result.sweep_dir}")
     if not no_report and result.parent_run_id:
         _print_report(result.experiment)
+
+
+def _print_report_paths(name: str) -> None:
+    from .reports import report_paths
+
+    paths = [p for p in report_paths(name).values() if p.exists()]
+    if paths:
+        click.echo("report files: " + ", ".join(str(p) for p in paths))
 
 
 def _print_report(name: str, out_dir: str | None = None) -> None:

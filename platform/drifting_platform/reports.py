@@ -27,7 +27,7 @@ import yaml
 
 from .home import EXPERIMENTS_DIR, drifting_home
 from .rundir import slug
-from .tracking import TAG_ERROR, TAG_ROW, SweepTracker
+from .tracking import TAG_ERROR, TAG_ROW, TAG_STATE, SweepTracker
 
 PAPER_TABLES_FILE = EXPERIMENTS_DIR / "paper_tables.yaml"
 
@@ -157,7 +157,7 @@ def sweep_table(experiment: str, *, uri: Optional[str] = None, metric: str = "fi
             seconds = (info.end_time - info.start_time) / 1000.0
         rows.append({
             "label": label,
-            "status": info.status,
+            "status": data.tags.get(TAG_STATE) or info.status,  # PRUNED: MLflow's KILLED
             "metric": metric,
             "value": _num(data.metrics.get(metric)),
             "ratio": None,
@@ -371,6 +371,13 @@ def default_reports_dir() -> Path:
     return drifting_home() / "reports"
 
 
+def report_paths(experiment: str, out_dir: Optional[str | Path] = None) -> dict[str, Path]:
+    """``{"md", "csv", "png"}``: where ``write_report`` writes ``experiment``'s report."""
+    out = Path(out_dir).expanduser().resolve() if out_dir else default_reports_dir()
+    stem = slug(experiment, default="report")
+    return {ext: out / f"{stem}.{ext}" for ext in ("md", "csv", "png")}
+
+
 def write_report(
     experiment: str,
     out_dir: Optional[str | Path] = None,
@@ -390,14 +397,13 @@ def write_report(
     rows = sweep_table(experiment, uri=tracker.uri, metric=metric, parent_id=parent_id)
     histories = metric_histories(rows, uri=tracker.uri)
 
-    out = Path(out_dir).expanduser().resolve() if out_dir else default_reports_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    stem = slug(experiment, default="report")
+    where = report_paths(experiment, out_dir)
+    where["md"].parent.mkdir(parents=True, exist_ok=True)
     table_md = render_markdown(rows, experiment=experiment, metric=metric)
-    md = out / f"{stem}.md"
+    md = where["md"]
     md.write_text(table_md)
-    csv_path = write_csv(rows, out / f"{stem}.csv")
-    png = plot_report(rows, histories, out / f"{stem}.png", metric=metric, title=f"{experiment}: {metric} per row")
+    csv_path = write_csv(rows, where["csv"])
+    png = plot_report(rows, histories, where["png"], metric=metric, title=f"{experiment}: {metric} per row")
     paths = {"md": str(md), "csv": str(csv_path), "png": str(png)}
     if log_to_parent:
         tracker.log_artifacts(parent_id, [md, csv_path, png], artifact_path="report")

@@ -4,7 +4,8 @@ Each ablation script is its docstring plus `ablation_main(SWEEP, __doc__)`: it r
 sweep (inside a Ray job on the job's cluster, otherwise on a local Ray), prints the table
 with the paper's values beside, writes it as Markdown, CSV and a plot, and says where the
 runs are. Exit status: 0, 1 when a trial failed, 2 for a bad sweep / config or an
-unreachable tracking store (nothing started).
+unreachable tracking store (nothing started), 130 / 143 when SIGINT / SIGTERM stopped the
+sweep (the runs KILLED, no report written; it prints the command that resumes).
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from pathlib import Path
 from typing import Optional
 
 from ..config import ConfigError
-from ..reports import write_report
+from ..reports import report_paths, write_report
 from ..tracking import TrackingUnavailable, tracking_uri
-from .sweep import run_sweep
+from .sweep import SweepInterrupted, resume_command, run_sweep
 
 
 def ablation_main(sweep: Path, doc: str, argv: Optional[list[str]] = None) -> int:
@@ -36,6 +37,16 @@ def ablation_main(sweep: Path, doc: str, argv: Optional[list[str]] = None) -> in
     except TrackingUnavailable as exc:
         print(f"tracking store: {exc}", file=sys.stderr)
         return 2
+    except SweepInterrupted as exc:
+        print(str(exc), file=sys.stderr)
+        print(f"resume with: {resume_command([sys.argv[0], *(sys.argv[1:] if argv is None else argv)], script=True)}", file=sys.stderr)
+        return exc.exit_code
+    if result.already_complete:
+        print(f"sweep {result.experiment} ({result.sweep_dir}) is already complete: {result.counts()}; nothing to run")
+        for kind, path in report_paths(result.experiment, args.out).items():
+            if path.exists():
+                print(f"{kind}: {path}")
+        return 0
     report = write_report(result.experiment, args.out)
     print()
     print(report["table_markdown"])

@@ -3,6 +3,7 @@
 Every tracker write happens in the driver process, in `TrackingCallback` (a Tune
 `Callback`): one child run per trial under the sweep's parent run, its params, metric
 history, final metrics and artifacts, so concurrent trials never open the tracking store.
+`ProgressCallback` prints one line per trial as it ends (its row, state and metric).
 `drifting_platform.tracking.SweepTracker` implements `SweepTracking` on MLflow; tests use
 a fake that records the calls.
 """
@@ -10,6 +11,8 @@ a fake that records the calls.
 from __future__ import annotations
 
 import logging
+import sys
+import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Protocol
 
@@ -50,9 +53,12 @@ class SweepTracking(Protocol):
 class TrackingCallback(Callback):
     """Tune callback: every tracker write of a sweep happens here, in the driver process."""
 
-    def __init__(self, tracker: SweepTracking, parent_id: str, ctx: SweepContext, existing: Optional[dict] = None):
+    def __init__(self, tracker: SweepTracking, parent_id: str, ctx: SweepContext, existing: Optional[dict] = None, interrupt: Any = None):
         self.tracker, self.parent_id, self.ctx = tracker, parent_id, ctx
+        self.interrupt = interrupt  # `.signum` set once SIGINT / SIGTERM came (sweep.Interrupts)
         self.runs: dict[str, str] = {}  # trial_id -> child run id
+        self.ended: set[str] = set()  # run ids this attempt ended (FINISHED / PRUNED / FAILED)
+        self.killed: set[str] = set()  # run ids ended KILLED by an interrupt
         self.errors: dict[str, str] = {}
         # resumed sweeps: trial dir -> (child run id, status) of the interrupted attempt
         self.existing: dict[str, tuple[str, str]] = dict(existing or {})
@@ -126,10 +132,24 @@ class TrackingCallback(Callback):
             paths = tdir.artifacts()
             if paths:
                 self._safe("log_artifacts", self.tracker.log_artifacts, run_id, paths)
-            self._safe("end_run", self.tracker.end_run, run_id, "FINISHED")
+            self._end(run_id, "FINISHED")
+        elif interrupted(self.interrupt):  # stopped by Ctrl-C / SIGTERM: resumed later
+            self._end(run_id, "KILLED")
         else:  # stopped early by the scheduler: done, and not to be resumed
             tdir.mark_stopped(int((trial.last_result or {}).get("step", 0)))
-            self._safe("end_run", self.tracker.end_run, run_id, "KILLED", "stopped early by the scheduler")
+            self._end(run_id, "PRUNED", "stopped early by the scheduler (ASHA)")
+
+    def _end(self, run_id: str, status: str, error: Optional[str] = None) -> None:
+        self._safe("end_run", self.tracker.end_run, run_id, status, error)
+        (self.killed if status == "KILLED" else self.ended).add(run_id)
+
+    def kill_open_runs(self) -> None:
+        """An interrupted sweep: every child run this attempt opened or reopened and did not
+        end (its trial was running or restarting) ends KILLED; the finished ones stay."""
+        for trial_id, run_id in self.runs.items():
+            if trial_id in self.kept or run_id in self.ended or run_id in self.killed:
+                continue
+            self._end(run_id, "KILLED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         text = trial_error(trial)
@@ -137,7 +157,60 @@ class TrackingCallback(Callback):
         run_id = self.runs.get(trial.trial_id)
         if run_id is not None:
             self._backfill(run_id, self.ctx.describe(trial.config)[1])
-            self._safe("end_run", self.tracker.end_run, run_id, "FAILED", text)
+            self._end(run_id, "FAILED", text)
+
+
+def interrupted(interrupt: Any) -> bool:
+    return getattr(interrupt, "signum", None) is not None
+
+
+class ProgressCallback(Callback):
+    """One console line per trial as it ends: `[3/6] FINISHED  V+ - 1.5 V-  fid=182.6  (6 steps, 12 s)`.
+
+    States: FINISHED, PRUNED (stopped early by the scheduler), FAILED, KILLED (interrupted).
+    """
+
+    def __init__(self, ctx: SweepContext, *, total: int, metric: str, done: int = 0, interrupt: Any = None, stream=None):
+        self.ctx, self.total, self.metric, self.interrupt = ctx, total, metric, interrupt
+        self.count = 0  # trials ended in this attempt (not counting KILLED)
+        self.base = done  # done in an earlier attempt (Optuna resume)
+        self.stream = stream
+        self.started: dict[str, float] = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started.setdefault(trial.trial_id, time.monotonic())
+
+    def _line(self, trial, state: str, detail: str = "") -> None:
+        if state != "KILLED":
+            self.count += 1
+        try:
+            label = self.ctx.describe(trial.config)[0].label
+        except Exception:  # noqa: BLE001 - a line must not stop the sweep
+            label = str(trial)
+        secs = time.monotonic() - self.started.get(trial.trial_id, time.monotonic())
+        n = f"[{self.base + self.count}/{self.total}]" if state != "KILLED" else "[-/-]"
+        parts = [f"{n} {state:9s}{label}", detail, f"{secs:.0f} s"]
+        print("  ".join(p for p in parts if p), file=self.stream or sys.stdout, flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        _, tdir = self.ctx.describe(trial.config)
+        summary = tdir.summary()
+        last = trial.last_result or {}
+        if summary is not None:
+            value = summary.get(self.metric)
+            detail = [f"{self.metric}={value:.4g}"] if isinstance(value, (int, float)) else []
+            detail += [f"{int(summary['steps'])} steps"] if isinstance(summary.get("steps"), (int, float)) else []
+            self._line(trial, "FINISHED", "  ".join(detail))
+        elif interrupted(self.interrupt):
+            self._line(trial, "KILLED", f"at step {int(last.get('step', 0))}; resumed by --resume")
+        else:
+            value = last.get(self.metric)
+            detail = f"{self.metric}={value:.4g} " if isinstance(value, (int, float)) else ""
+            self._line(trial, "PRUNED", f"{detail}at step {int(last.get('step', 0))}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        text = trial_error(trial).strip().splitlines()
+        self._line(trial, "FAILED", (text[-1] if text else "")[:200])
 
 
 def trial_error(trial) -> str:

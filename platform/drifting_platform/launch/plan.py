@@ -1,7 +1,6 @@
 """How a sweep runs on Tune: where, with which resources, over which space, searched how.
 
-- `sweep_dir`: `<sweeps root>/<experiment>/<preset>-<time>` (the latest one with --resume);
-  `storage_root` / `tune_storage`: where Tune keeps its state (the sweep directory, or
+- `storage_root` / `tune_storage`: where Tune keeps its state (the sweep directory, or
   `--storage-path`, a shared directory or s3://).
 - `plan_resources`: a `workers: 1` trial holds `cpus_per_trial` CPUs (and a GPU); a trial of
   more workers fits a `TorchTrainer` whose workers Train V2 places itself, so the trial
@@ -28,27 +27,9 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from .. import storage as storage_lib
-from ..home import sweeps_root
 from .points import slug, tune_choices
 from .spec import SweepError, SweepSpec
 from .trial import TrialDir, trial_dirs
-
-
-def sweep_dir(spec: SweepSpec, out_root: Optional[str | Path], resume: bool, preset_label: str) -> tuple[str, Path]:
-    """(sweep name, sweep directory): a new one, or with `resume` the latest of this preset."""
-    root = Path(out_root).expanduser().resolve() if out_root else sweeps_root()
-    exp_dir = root / slug(spec.name)
-    if resume and exp_dir.is_dir():
-        previous = sorted(p for p in exp_dir.iterdir() if p.is_dir() and p.name.startswith(f"{preset_label}-"))
-        if previous:
-            return previous[-1].name, previous[-1]
-    name = f"{preset_label}-{time.strftime('%Y%m%d-%H%M%S')}"
-    path = exp_dir / name
-    i = 1
-    while path.exists():
-        i += 1
-        path = exp_dir / f"{name}-{i}"
-    return path.name, path
 
 
 def storage_root(spec: SweepSpec, storage_path: Optional[str], sweep_name: str) -> Optional[str]:

@@ -18,6 +18,16 @@ The flow, one module per step:
    still builds everything from its own config and seed.
 5. The results are gathered into a `SweepResult` (with the points an earlier attempt
    finished), written as sweep_result.json, and the parent run is closed.
+
+Interrupts: SIGINT (Ctrl-C) and SIGTERM stop the experiment the way Tune stops it on
+SIGINT (running trials are stopped, their checkpoints stay); the unfinished child runs and
+the parent run end KILLED, nothing is gathered or reported, and `SweepInterrupted` is raised
+(the callers print `resume_command` and exit 128 + the signal). `--resume` of a sweep that
+finished returns its sweep_result.json (`already_complete`) without starting Ray.
+
+Trial states, one vocabulary (our summary, the report, the progress lines): FINISHED,
+PRUNED (stopped early by ASHA; MLflow KILLED + tag drifting.state=PRUNED), FAILED, and
+KILLED (interrupted; resumed by --resume).
 """
 
 from __future__ import annotations
@@ -28,20 +38,27 @@ import json
 import logging
 import math
 import os
+import shlex
+import shutil
+import signal
+import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from .. import rundir
+from ..home import sweeps_root
 from ..tracking import SweepTracker, check_tracking_store
-from .points import result_metrics
+from .points import result_metrics, slug
 from .spec import Metric, SweepSpec, load_sweep
 
 if TYPE_CHECKING:
     from .callback import SweepTracking, TrackingCallback
     from .trial import SweepContext, TrialDir
 
-__all__ = ["run_sweep", "SweepResult", "TrialResult"]
+__all__ = ["run_sweep", "SweepResult", "TrialResult", "SweepInterrupted", "resume_command"]
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +68,7 @@ class TrialResult:
     label: str  # the row name or "path=value, ..."
     overrides: dict  # parameter path -> value of this trial
     metrics: dict  # final summary metrics (fid, kid, ... / mmd ...), or the last reported
-    status: str  # FINISHED | FAILED | STOPPED (early-stopped by the scheduler)
+    status: str  # FINISHED | FAILED | PRUNED (stopped early by the scheduler)
     trial_dir: str
     trial_id: str = ""
     error: Optional[str] = None
@@ -66,11 +83,168 @@ class SweepResult:
     parent_run_id: Optional[str]
     metric: Metric
     trials: list[TrialResult] = field(default_factory=list)
+    already_complete: bool = False  # --resume of a finished sweep: nothing ran
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SweepResult":
+        """A sweep_result.json read back."""
+        d = json.loads(Path(path).read_text())
+        trials = [TrialResult(**t) for t in d.pop("trials", [])]
+        d["metric"] = Metric(**d["metric"])
+        d.pop("already_complete", None)
+        return cls(**d, trials=trials)
+
+    def counts(self) -> str:
+        """"4 trials finished, 2 pruned" (the states that occur)."""
+        n: dict[str, int] = {}
+        for t in self.trials:
+            n[t.status] = n.get(t.status, 0) + 1
+        first = n.pop("FINISHED", 0)
+        parts = [f"{first} trial{'s' if first != 1 else ''} finished"] + [f"{k} {s.lower()}" for s, k in n.items()]
+        return ", ".join(parts)
 
     def best(self) -> Optional[TrialResult]:
         name, sign = self.metric.name, (1 if self.metric.mode == "min" else -1)
         done = [t for t in self.trials if isinstance(t.metrics.get(name), (int, float)) and math.isfinite(t.metrics[name])]
         return min(done, key=lambda t: sign * t.metrics[name]) if done else None
+
+
+class SweepInterrupted(Exception):
+    """A sweep stopped by SIGINT / SIGTERM: its runs are KILLED, nothing was reported."""
+
+    def __init__(self, signum: int, experiment: str, sweep_name: str, sweep_dir: str, done: int = 0, killed: int = 0):
+        self.signum, self.experiment, self.sweep_name, self.sweep_dir = signum, experiment, sweep_name, sweep_dir
+        self.done, self.killed = done, killed
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"sweep {experiment} ({sweep_dir}) interrupted by {name}: {done} trial{'s' if done != 1 else ''} ended in this "
+            f"attempt, {killed} stopped and KILLED; no report written"
+        )
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def resume_command(argv: list[str], *, script: bool = False) -> str:
+    """The command that resumes a sweep: `argv` (sys.argv, as typed) plus --resume. `script`:
+    argv[0] is a Python script (`python experiments/ablate_*.py`), run by this interpreter."""
+    argv = list(argv)
+    prog = argv[0]
+    if script:
+        exe = sys.executable
+        name = os.path.basename(exe)
+        found = shutil.which(name)
+        prog_words = [name if found and os.path.realpath(found) == os.path.realpath(exe) else exe, prog]
+    else:
+        name = os.path.basename(prog)
+        found = shutil.which(name)
+        prog_words = [name if os.path.isabs(prog) and found and os.path.realpath(found) == os.path.realpath(prog) else prog]
+    rest = argv[1:]
+    if "--resume" not in rest:
+        rest.append("--resume")
+    return shlex.join(prog_words + rest)
+
+
+def sweep_dir_for(spec: SweepSpec, out_root: Optional[str | Path], resume: bool, preset_label: str) -> tuple[str, Path]:
+    """(sweep name, sweep directory): a new one, or with `resume` the latest of this preset."""
+    root = Path(out_root).expanduser().resolve() if out_root else sweeps_root()
+    exp_dir = root / slug(spec.name)
+    if resume and exp_dir.is_dir():
+        previous = sorted(p for p in exp_dir.iterdir() if p.is_dir() and p.name.startswith(f"{preset_label}-"))
+        if previous:
+            return previous[-1].name, previous[-1]
+    name = f"{preset_label}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = exp_dir / name
+    i = 1
+    while path.exists():
+        i += 1
+        path = exp_dir / f"{name}-{i}"
+    return path.name, path
+
+
+def completed(spec: SweepSpec, sweep_dir: Path) -> Optional[SweepResult]:
+    """The result of a sweep directory whose sweep ran to its end (sweep_result.json) and
+    whose every trial is done (finished or pruned), else None. Reads files only (no Ray)."""
+    path = sweep_dir / "sweep_result.json"
+    if not path.exists():
+        return None
+
+    def done(d: Path) -> bool:
+        return (d / rundir.SUMMARY).exists() or (d / rundir.STOPPED).exists()
+
+    if spec.search == "optuna":
+        n = sum(done(p.parent) for p in sweep_dir.glob(f"trial_*/{rundir.TRIAL}"))
+        if n < spec.num_samples:
+            return None
+    elif not all(done(sweep_dir / t.dirname) for t in spec.trials):
+        return None
+    try:
+        result = SweepResult.load(path)
+    except (ValueError, TypeError, KeyError):
+        return None
+    result.already_complete = True
+    return result
+
+
+class _Interrupt(BaseException):
+    """SIGINT / SIGTERM outside Tune's loop (or a second one inside it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class Interrupts:
+    """SIGINT and SIGTERM while a sweep runs. Inside `Tuner.fit` the first one stops the
+    experiment through Tune's own stop handler (Tune's SIGINT handler is disabled, its
+    SIGUSR1 handler is the same function); elsewhere, or a second time, `_Interrupt` is
+    raised. `signum` says which signal came (None: none)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self.in_fit = False  # inside Tuner.fit (set by _tune_signal_handling)
+        self._old: dict = {}
+
+    @property
+    def installed(self) -> bool:
+        return bool(self._old)
+
+    def __enter__(self) -> "Interrupts":
+        if threading.current_thread() is threading.main_thread():  # signal.signal works there only
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def _handle(self, signum: int, frame) -> None:
+        first = self.signum is None
+        if first:
+            self.signum = signum
+        tune_stop = signal.getsignal(signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else None
+        in_tune = self.in_fit and callable(tune_stop) and "signal_interrupt_tune_run" in getattr(tune_stop, "__qualname__", "")
+        if first and in_tune:
+            print(f"\n{signal.Signals(signum).name}: stopping the running trials (send it again to skip waiting)", file=sys.stderr, flush=True)
+            tune_stop(signum, frame)
+            return
+        raise _Interrupt(self.signum)
+
+
+class _QuietTuneStop(logging.Filter):
+    """Tune's own lines about an interrupt (its `Tuner.restore(...)` hint, "Trials did not
+    complete", its stop banner): we print our --resume command instead."""
+
+    DROP = ("Tuner.restore", "Trials did not complete", "Stop signal received", "Experiment has been interrupted",
+            "Wrote the latest version of all result files")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not any(d in msg for d in self.DROP)
 
 
 def run_sweep(
@@ -81,27 +255,45 @@ def run_sweep(
     out_root: Optional[str | Path] = None,
     tracker: "SweepTracking | None | bool" = None,  # None: a SweepTracker on the default store; False: none
     resume: bool = False,  # continue the latest sweep of this experiment and preset
-    verbose: int = 1,
+    verbose: int = 0,  # Tune's own console output (0: none; our progress lines are printed anyway)
     storage_path: Optional[str] = None,  # Tune state / Ray Train checkpoints: a shared dir or s3://bucket/prefix
 ) -> SweepResult:
-    """Validate the sweep file, then run it on Ray Tune; returns every trial's outcome."""
+    """Validate the sweep file, then run it on Ray Tune; returns every trial's outcome.
+    Raises `SweepInterrupted` on SIGINT / SIGTERM (the runs KILLED, nothing gathered)."""
     spec = load_sweep(path, preset=preset, overrides=overrides)  # raises before Ray starts
     preset_label = preset or (spec.preset or "default")
+    sweep_name, sweep_dir = sweep_dir_for(spec, out_root, resume, preset_label)
+    if resume:
+        done = completed(spec, sweep_dir)
+        if done is not None:  # nothing to run: no Ray, no tracking write
+            return done
     if tracker is None:
         check_tracking_store()  # an unreachable server fails here, before Ray or any trial
         tracker = SweepTracker()
+    # a trial process that downloads a pinned encoder from the registry: no progress bars
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
+    with Interrupts() as stop:
+        state: dict = {}
+        try:
+            return _run(spec, preset_label, sweep_name, sweep_dir, tracker, resume, verbose, storage_path, stop, state)
+        except _Interrupt as exc:
+            _kill_runs(tracker, state.get("parent_id"), state.get("callback"))
+            raise SweepInterrupted(exc.signum, spec.name, sweep_name, str(sweep_dir), *_tally(state.get("callback"))) from None
+
+
+def _run(spec: SweepSpec, preset_label: str, sweep_name: str, sweep_dir: Path, tracker, resume: bool, verbose: int,
+         storage_path: Optional[str], stop: Interrupts, state: dict) -> SweepResult:
     # Ray, Tune, Optuna and torch load only now: a bad sweep file fails without them (~4 s)
     import ray
     from ray import tune
 
     from . import plan
-    from .callback import TrackingCallback
+    from .callback import ProgressCallback, TrackingCallback
     from .cluster import ray_init_for_sweep
     from .encoder_jobs import prepare_encoders
-    from .trial import SweepContext, run_trial
+    from .trial import SweepContext, run_trial, tune_trial_names
 
-    sweep_name, sweep_dir = plan.sweep_dir(spec, out_root, resume, preset_label)
     if resume and not sweep_dir.exists():
         log.warning("--resume: no earlier %s sweep of %s under %s; starting a new one", preset_label, spec.name, sweep_dir.parent)
     started = not ray.is_initialized()
@@ -118,14 +310,19 @@ def run_sweep(
         callback = parent_id = None
         if tracker:
             parent_id, existing = _open_parent(tracker, spec, sweep_name, sweep_dir, preset_label, pinned, resume)
-            callback = TrackingCallback(tracker, parent_id, ctx, existing)
+            state["parent_id"] = parent_id
+            callback = TrackingCallback(tracker, parent_id, ctx, existing, interrupt=stop)
+            state["callback"] = callback
 
         search_alg, samples, earlier = None, 1, []
         if spec.search == "optuna":
             search_alg, samples, earlier = plan.optuna_search(spec, sweep_dir, sweep_name, resume)
             if earlier:
                 print(f"resuming: {len(earlier)} of {spec.num_samples} Optuna trials are done; {samples} to run")
+        total = len(earlier) + samples if spec.search == "optuna" else len(spec.trials)
+        progress = ProgressCallback(ctx, total=total, metric=spec.metric.name, done=len(earlier), interrupt=stop)
         storage, filesystem = plan.tune_storage(sweep_dir, root)
+        name_trial, dirname_trial = tune_trial_names(ctx)
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_res),
             param_space=plan.param_space(spec),
@@ -136,18 +333,23 @@ def run_sweep(
                 # for the same resources): no new process, imports or Ray Train setup per
                 # trial (~3 s each on 2 CPUs). A trial that fails leaves with its process.
                 reuse_actors=True,
+                # trials are named after their row / point (not "run_trial_3c77a_00003")
+                trial_name_creator=name_trial, trial_dirname_creator=dirname_trial,
             ),
             run_config=tune.RunConfig(
                 # each attempt (a resumed sweep is a new one) keeps its own Tune state
                 name=plan.tune_name(resume), storage_path=storage, storage_filesystem=filesystem,
-                callbacks=[callback] if callback else [], verbose=verbose,
+                callbacks=([callback] if callback else []) + [progress], verbose=verbose,
                 # a trial whose process dies (a killed worker, a lost node) is restarted and
                 # continues from its checkpoint; deterministic errors fail fast (fatal.json)
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             ),
         )
-        with _lenient_metric_checking():
+        with _lenient_metric_checking(), _tune_signal_handling(stop, quiet_output=verbose == 0):
             grid = tuner.fit() if samples > 0 else []
+        if stop.signum is not None:
+            _kill_runs(tracker, parent_id, callback)
+            raise SweepInterrupted(stop.signum, spec.name, sweep_name, str(sweep_dir), *_tally(callback, progress))
 
         result = SweepResult(experiment=spec.name, sweep_name=sweep_name, sweep_dir=str(sweep_dir), parent_run_id=parent_id, metric=spec.metric)
         result.trials = _gather(grid, earlier, ctx, callback)
@@ -156,6 +358,56 @@ def run_sweep(
     finally:
         if started:
             ray.shutdown()
+
+
+def _tally(callback=None, progress=None) -> tuple[int, int]:
+    """(trials done in this attempt, child runs KILLED) for the interrupt message."""
+    done = progress.count if progress is not None else len(getattr(callback, "ended", ()))
+    return done, len(getattr(callback, "killed", ()))
+
+
+def _kill_runs(tracker, parent_id: Optional[str], callback) -> None:
+    """An interrupted sweep: every child run this attempt opened and did not end, and the
+    parent run, end KILLED (each finished child stays FINISHED)."""
+    if not (tracker and parent_id):
+        return
+    if callback is not None:
+        callback.kill_open_runs()
+    try:
+        tracker.end_run(parent_id, "KILLED")
+    except Exception as exc:  # noqa: BLE001
+        log.warning("tracking: could not mark the parent run KILLED: %s", exc)
+
+
+@contextlib.contextmanager
+def _tune_signal_handling(stop: Interrupts, quiet_output: bool) -> Iterator[None]:
+    """Tune's SIGINT handler off (ours, `Interrupts`, calls Tune's stop handler instead),
+    Tune's interrupt lines filtered from its log, and SIGUSR1 (where Tune installs its stop
+    handler, never removed) restored after `Tuner.fit`."""
+    env = {"TUNE_DISABLE_SIGINT_HANDLER": "1"}
+    if quiet_output:  # Tune's new output engine prints its config box and paths even at verbose=0
+        env["RAY_AIR_NEW_OUTPUT"] = "0"
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    usr1 = signal.getsignal(signal.SIGUSR1) if stop.installed and hasattr(signal, "SIGUSR1") else None
+    stop.in_fit = True
+    quiet = _QuietTuneStop()
+    loggers = [logging.getLogger(n) for n in ("ray.tune.tune", "ray.tune")]
+    for lg in loggers:
+        lg.addFilter(quiet)
+    try:
+        yield
+    finally:
+        stop.in_fit = False
+        if usr1 is not None:
+            signal.signal(signal.SIGUSR1, usr1)
+        for lg in loggers:
+            lg.removeFilter(quiet)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @contextlib.contextmanager
@@ -215,7 +467,7 @@ def _gather(grid, earlier: "list[TrialDir]", ctx: "SweepContext", callback: "Opt
         elif tdir.finished:
             status, metrics, error = "FINISHED", tdir.final_metrics(), None
         else:
-            status, metrics, error = "STOPPED", result_metrics(r.metrics or {}), None
+            status, metrics, error = "PRUNED", result_metrics(r.metrics or {}), None
         out.append(TrialResult(
             label=t.label, overrides=t.params, metrics=metrics, status=status, trial_dir=str(tdir),
             trial_id=trial_id, error=error, run_id=runs.get(trial_id),
@@ -226,7 +478,7 @@ def _gather(grid, earlier: "list[TrialDir]", ctx: "SweepContext", callback: "Opt
             continue
         rec = tdir.record()
         prev = (callback.existing.get(str(tdir)) if callback else None) or (None, None)
-        status = "FINISHED" if tdir.finished else "STOPPED"
+        status = "FINISHED" if tdir.finished else "PRUNED"
         out.append(TrialResult(
             label=rec["label"], overrides=rec["params"], metrics=tdir.final_metrics(), status=status,
             trial_dir=str(tdir), run_id=prev[0],

@@ -19,6 +19,7 @@ attribute) and a final result with the summary (fid / kid, or mmd ...) and `fina
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -131,8 +132,27 @@ class SweepContext:
         return trial, TrialDir(Path(self.sweep_dir) / trial.dirname)
 
 
+def tune_trial_names(ctx: SweepContext):
+    """Tune's (trial_name_creator, trial_dirname_creator): a trial is named after its row /
+    point as its directory is (`00_V+_-_V-`); Tune's own directory of it adds the trial id,
+    so that it stays unique when Optuna suggests a point twice."""
+
+    def name(trial) -> str:
+        try:
+            return ctx.describe(trial.config)[0].dirname
+        except (KeyError, TypeError, ValueError):  # not one of our configs
+            return f"trial_{trial.trial_id}"
+
+    def dirname(trial) -> str:
+        return f"{name(trial)}_{trial.trial_id}"
+
+    return name, dirname
+
+
 def run_trial(config: dict, ctx: SweepContext) -> None:
     """The Tune trainable: train one trial's config in its directory, report to Tune."""
+    # a pinned encoder downloaded from the registry in this process: no progress bars
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     trial, tdir = ctx.describe(config)
     res = ctx.spec.resources
     cpus = max(1, int(res.cpus_per_trial))

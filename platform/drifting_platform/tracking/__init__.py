@@ -32,7 +32,7 @@ from .store import (
 )
 from .tags import (
     TAG_CONFIG_HASH, TAG_ENCODER_MODEL, TAG_ENCODER_SHA, TAG_ENCODER_SOURCE, TAG_ENCODER_VERSION, TAG_ERROR, TAG_EXPERIMENT,
-    TAG_MODEL_INIT, TAG_MODEL_INIT_SHA, TAG_PARENT, TAG_REGISTERED, TAG_ROW, TAG_SWEEP, TAG_SWEEP_NAME, TAG_TRIAL,
+    TAG_MODEL_INIT, TAG_MODEL_INIT_SHA, TAG_PARENT, TAG_REGISTERED, TAG_ROW, TAG_STATE, TAG_SWEEP, TAG_SWEEP_NAME, TAG_TRIAL,
     artifact_tags,
 )
 from .ui import UIProcess, serve_ui, stop_ui, ui_command, wait_for_ui
@@ -40,7 +40,7 @@ from .ui import UIProcess, serve_ui, stop_ui, ui_command, wait_for_ui
 __all__ = [
     "ENCODER_EXPERIMENT", "MAX_ERROR_LENGTH", "MAX_PARAM_VAL_LENGTH", "TAG_CONFIG_HASH", "TAG_ENCODER_MODEL",
     "TAG_ENCODER_SHA", "TAG_ENCODER_SOURCE", "TAG_ENCODER_VERSION", "TAG_ERROR", "TAG_EXPERIMENT", "TAG_MODEL_INIT",
-    "TAG_MODEL_INIT_SHA", "TAG_PARENT", "TAG_REGISTERED", "TAG_ROW", "TAG_SWEEP", "TAG_SWEEP_NAME", "TAG_TRIAL",
+    "TAG_MODEL_INIT_SHA", "TAG_PARENT", "TAG_REGISTERED", "TAG_ROW", "TAG_STATE", "TAG_SWEEP", "TAG_SWEEP_NAME", "TAG_TRIAL",
     "SweepTracker", "TrackedRun", "TrackingUnavailable", "UIProcess", "artifact_tags", "check_tracking_store",
     "child_runs", "default_artifact_root", "download_encoder", "pinned_encoder_tags", "find_encoder_version",
     "find_latest_sweep", "record_pretrain", "resolve_model_uri", "serve_ui", "stop_ui", "track_run", "tracking_uri",

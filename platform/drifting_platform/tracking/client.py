@@ -21,13 +21,15 @@ from .store import (
     MAX_ERROR_LENGTH, MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, clean_params, clean_tags, default_artifact_root,
     dir_name, finite_float, mask_url_credentials, metric_key, root_uri, tracking_uri, with_retry,
 )
-from .tags import TAG_ERROR, TAG_EXPERIMENT, TAG_PARENT, TAG_ROW, TAG_SWEEP, TAG_SWEEP_NAME, TAG_TRIAL, summary_file_tags
+from .tags import TAG_ERROR, TAG_EXPERIMENT, TAG_PARENT, TAG_ROW, TAG_STATE, TAG_SWEEP, TAG_SWEEP_NAME, TAG_TRIAL, summary_file_tags
 
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
+# our trial states that MLflow has no status for: MLflow status, recorded in tag drifting.state
+STATE_STATUS = {"PRUNED": "KILLED"}
 
 
 def _chunks(items: list, n: int) -> Iterable[list]:
@@ -121,7 +123,7 @@ class SweepTracker:
             sweep_name = user.get(TAG_SWEEP_NAME) or name
         all_tags = {**user, TAG_SWEEP: "true", TAG_SWEEP_NAME: sweep_name, TAG_EXPERIMENT: experiment}
         if resume_run_id:
-            with_retry(self.client.update_run, resume_run_id, status="RUNNING")
+            self.reopen_run(resume_run_id)
             self.set_tags(resume_run_id, all_tags)
             run_id = resume_run_id
         else:
@@ -234,11 +236,16 @@ class SweepTracker:
         with_retry(self.client.log_dict, run_id, dict(dictionary), artifact_file)
 
     def end_run(self, run_id: str, status: str = "FINISHED", error: Optional[str] = None) -> None:
-        """Terminate a run as FINISHED, FAILED or KILLED; ``error`` goes to tag ``drifting.error``
-        (its last ``MAX_ERROR_LENGTH`` characters: the end of a traceback is what matters)."""
+        """Terminate a run as FINISHED, FAILED or KILLED, or PRUNED (a trial stopped early by
+        the scheduler: KILLED with tag ``drifting.state=PRUNED``); ``error`` goes to tag
+        ``drifting.error`` (its last ``MAX_ERROR_LENGTH`` characters: the end of a traceback
+        is what matters)."""
         status = str(status).upper()
+        if status in STATE_STATUS:
+            with_retry(self.client.set_tag, run_id, TAG_STATE, status)
+            status = STATE_STATUS[status]
         if status not in RUN_STATUSES:
-            raise ValueError(f"status must be one of {RUN_STATUSES}, got {status!r}")
+            raise ValueError(f"status must be one of {RUN_STATUSES + tuple(STATE_STATUS)}, got {status!r}")
         if error:
             text = mask_url_credentials(str(error))
             if len(text) > MAX_ERROR_LENGTH:
@@ -301,8 +308,16 @@ class SweepTracker:
         return runs[0] if runs else None
 
     def reopen_run(self, run_id: str) -> None:
-        """Mark a run RUNNING again (a resumed trial or sweep keeps its run)."""
+        """Mark a run RUNNING again (a resumed trial or sweep keeps its run); the error and
+        state tags of how it ended before are dropped."""
         with_retry(self.client.update_run, run_id, status="RUNNING")
+        self._drop_end_tags(run_id)
+
+    def _drop_end_tags(self, run_id: str) -> None:
+        tags = with_retry(self.client.get_run, run_id).data.tags
+        for key in (TAG_ERROR, TAG_STATE):
+            if key in tags:
+                with_retry(self.client.delete_tag, run_id, key)
 
     def last_steps(self, run_id: str) -> dict[str, int]:
         """``{metric key: largest step logged}`` of a run: where a resumed history continues."""

@@ -2,7 +2,8 @@
 
 Sweeps: a parent run carries ``drifting.sweep=true`` and ``drifting.sweep_name``; each trial's
 child run ``mlflow.parentRunId``, ``drifting.trial`` and ``drifting.row`` (its label in the
-report). Every run has ``drifting.experiment``; a failed one ``drifting.error``.
+report). Every run has ``drifting.experiment``; a failed one ``drifting.error``; a trial
+stopped early by the scheduler ends KILLED with ``drifting.state=PRUNED``.
 
 Artifacts a run used (``artifact_tags``, from its summary.json): ``drifting.model_init`` /
 ``drifting.model_init_sha256`` for ``model.init``, ``drifting.encoder_source`` /
@@ -25,6 +26,7 @@ TAG_EXPERIMENT = "drifting.experiment"
 TAG_ROW = "drifting.row"
 TAG_TRIAL = "drifting.trial"
 TAG_ERROR = "drifting.error"
+TAG_STATE = "drifting.state"  # a trial's state where MLflow's status has no word for it: PRUNED
 TAG_PARENT = "mlflow.parentRunId"
 
 TAG_MODEL_INIT = "drifting.model_init"
