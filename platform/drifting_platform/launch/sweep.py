@@ -213,10 +213,15 @@ class Interrupts:
         return bool(self._old)
 
     def __enter__(self) -> "Interrupts":
+        self.arm()
+        return self
+
+    def arm(self) -> None:
+        """(Re)install the handlers: `ray.init` installs its own SIGTERM handler."""
         if threading.current_thread() is threading.main_thread():  # signal.signal works there only
             for sig in self.SIGNALS:
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
+                old = signal.signal(sig, self._handle)
+                self._old.setdefault(sig, old)
 
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
@@ -298,6 +303,7 @@ def _run(spec: SweepSpec, preset_label: str, sweep_name: str, sweep_dir: Path, t
         log.warning("--resume: no earlier %s sweep of %s under %s; starting a new one", preset_label, spec.name, sweep_dir.parent)
     started = not ray.is_initialized()
     cluster = ray_init_for_sweep()
+    stop.arm()  # ray.init replaced our SIGTERM handler with its own (sys.exit)
     try:
         trial_res, cap = plan.plan_resources(spec, cluster)
         sweep_dir.mkdir(parents=True, exist_ok=True)
