@@ -180,16 +180,17 @@ class ProgressCallback(Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         self.started.setdefault(trial.trial_id, time.monotonic())
 
-    def _line(self, trial, state: str, detail: str = "") -> None:
+    def _line(self, trial, state: str, detail: str = "", seconds: Optional[float] = None) -> None:
         if state != "KILLED":
             self.count += 1
         try:
             label = self.ctx.describe(trial.config)[0].label
         except Exception:  # noqa: BLE001 - a line must not stop the sweep
             label = str(trial)
-        secs = time.monotonic() - self.started.get(trial.trial_id, time.monotonic())
+        if seconds is None:
+            seconds = max(0.0, time.monotonic() - self.started.get(trial.trial_id, time.monotonic()))
         n = f"[{self.base + self.count}/{self.total}]" if state != "KILLED" else "[-/-]"
-        parts = [f"{n} {state:9s}{label}", detail, f"{secs:.0f} s"]
+        parts = [f"{n} {state:<8s}  {label}", detail, f"{seconds:.0f} s"]
         print("  ".join(p for p in parts if p), file=self.stream or sys.stdout, flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -200,7 +201,8 @@ class ProgressCallback(Callback):
             value = summary.get(self.metric)
             detail = [f"{self.metric}={value:.4g}"] if isinstance(value, (int, float)) else []
             detail += [f"{int(summary['steps'])} steps"] if isinstance(summary.get("steps"), (int, float)) else []
-            self._line(trial, "FINISHED", "  ".join(detail))
+            secs = summary.get("seconds")
+            self._line(trial, "FINISHED", "  ".join(detail), secs if isinstance(secs, (int, float)) else None)
         elif interrupted(self.interrupt):
             self._line(trial, "KILLED", f"at step {int(last.get('step', 0))}; resumed by --resume")
         else:
