@@ -93,6 +93,7 @@ def test_ui_refuses_a_busy_port(isolated_home):
     assert time.monotonic() - t0 < 20
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(check_ui.chromium() is None, reason="no `chromium` on PATH (Debian: apt-get install -y chromium)")
 def test_chromium_sees_the_sweep_children(tmp_path):
     times = check_ui.check(tmp_path, log=lambda *a: None)

@@ -298,7 +298,7 @@ def ui(port: int, host: str) -> None:
     url_host = "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
     base = f"http://{url_host}:{port}"
     click.echo(f"MLflow UI for {tracking_uri()} on {base}  (Ctrl-C stops it)")
-    proc = None
+    proc, keep_log = None, False
     with tempfile.NamedTemporaryFile(prefix="drifting-ui-", suffix=".log", delete=False) as f:
         log_path = Path(f.name)
     try:
@@ -318,7 +318,8 @@ def ui(port: int, host: str) -> None:
             click.echo(f"latest sweep, by fid:    {links['compare']}")
             click.echo(f"latest sweep, compare:   {links['compare_runs']}")
         proc.wait()
-        raise click.ClickException(f"the MLflow server exited by itself (code {proc.returncode}); see {log_path}")
+        keep_log = True
+        raise click.ClickException(f"the MLflow server exited by itself (code {proc.returncode}); its output: {log_path}")
     except _Stop as stop:
         click.echo(f"stopping the MLflow UI ({signal.Signals(stop.args[0]).name})")
     finally:
@@ -328,7 +329,8 @@ def ui(port: int, host: str) -> None:
             stop_ui(proc, port=port, host=host)
         for sig, handler in old.items():
             signal.signal(sig, handler)
-    log_path.unlink(missing_ok=True)
+        if not keep_log:
+            log_path.unlink(missing_ok=True)
 
 
 @main.group()
