@@ -274,7 +274,7 @@ def _print_report(name: str, out_dir: str | None = None) -> None:
     rep = write_report(name, out_dir)
     click.echo(rep["table_markdown"])
     click.echo("report files: " + ", ".join(str(p) for p in rep["paths"].values()))
-    click.echo("compare the runs in the MLflow UI: drifting-platform ui  (then open http://127.0.0.1:5000)")
+    click.echo("compare the runs in the MLflow UI: drifting-platform ui  (it prints the links, this sweep's by fid)")
 
 
 @main.command()
@@ -289,18 +289,65 @@ def report(name: str, out_dir: str | None) -> None:
 
 
 @main.command()
-@click.option("--port", type=int, default=5000, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind; keep 127.0.0.1 unless you mean to share it.")
 def ui(port: int, host: str) -> None:
-    """Open the MLflow UI on the platform's tracking store."""
-    from .tracking import serve_ui, tracking_uri
+    """Open the MLflow UI on the platform's tracking store.
 
-    click.echo(f"MLflow UI for {tracking_uri()} on http://{host}:{port}  (Ctrl-C stops it)")
-    proc = serve_ui(port=port, host=host)
+    Prints links once the server answers: the experiments list, the latest sweep's runs table
+    and its child runs compared by fid. Ctrl-C (SIGINT), SIGTERM and SIGHUP stop the server
+    and all its worker processes; the command then exits 0."""
+    import signal
+    import tempfile
+
+    from .tracking import port_in_use, serve_ui, stop_ui, tracking_uri, ui_links, wait_for_ui
+
+    if port_in_use(port, host):
+        raise click.ClickException(f"port {port} on {host} is in use (another MLflow UI?); choose a free one with --port")
+
+    class _Stop(Exception):
+        pass
+
+    def _on_signal(signum, frame):  # noqa: ARG001
+        raise _Stop(signum)
+
+    old = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    url_host = "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
+    base = f"http://{url_host}:{port}"
+    click.echo(f"MLflow UI for {tracking_uri()} on {base}  (Ctrl-C stops it)")
+    proc, keep_log = None, False
+    with tempfile.NamedTemporaryFile(prefix="drifting-ui-", suffix=".log", delete=False) as f:
+        log_path = Path(f.name)
     try:
+        proc = serve_ui(port=port, host=host, log_path=log_path)  # assigned at once: a signal now still stops it
+        if not wait_for_ui(f"{base}/", timeout=120, proc=proc):
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+            raise click.ClickException(f"the MLflow UI did not answer on {base} within 120 s; its last output: " + " | ".join(tail))
+        try:
+            links = ui_links(base)
+        except Exception as exc:  # noqa: BLE001 - the UI itself works; the links are a courtesy
+            links = {"experiments": f"{base}/#/experiments"}
+            click.echo(f"(could not read the latest sweep: {type(exc).__name__}: {exc})")
+        click.echo(f"experiments:             {links['experiments']}")
+        if "runs" in links:
+            click.echo(f"latest sweep, runs:      {links['runs']}")
+        if "compare" in links:
+            click.echo(f"latest sweep, by fid:    {links['compare']}")
+            click.echo(f"latest sweep, compare:   {links['compare_runs']}")
         proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
+        keep_log = True
+        raise click.ClickException(f"the MLflow server exited by itself (code {proc.returncode}); its output: {log_path}")
+    except _Stop as stop:
+        click.echo(f"stopping the MLflow UI ({signal.Signals(stop.args[0]).name})")
+    finally:
+        for sig in old:  # a second Ctrl-C while stopping must not leave the server behind
+            signal.signal(sig, signal.SIG_IGN)
+        if proc is not None:
+            stop_ui(proc, port=port, host=host)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        if not keep_log:
+            log_path.unlink(missing_ok=True)
 
 
 @main.group()

@@ -15,7 +15,8 @@ Modules, each owning one thing:
     runs      ``track_run``: one ``train`` run
     registry  the encoder registry: ``record_pretrain``, ``find_encoder_version``,
               ``resolve_model_uri``, ``download_encoder``
-    ui        the MLflow UI process: ``serve_ui``, ``stop_ui``
+    ui        the MLflow UI process: ``serve_ui``, ``stop_ui``, and the links it opens on
+              (``ui_links``: runs view, the latest sweep compared by ``fid``)
 
 The names below are the package's API; callers import them from here.
 """
@@ -35,7 +36,7 @@ from .tags import (
     TAG_MODEL_INIT, TAG_MODEL_INIT_SHA, TAG_PARENT, TAG_REGISTERED, TAG_ROW, TAG_STATE, TAG_SWEEP, TAG_SWEEP_NAME, TAG_TRIAL,
     artifact_tags,
 )
-from .ui import UIProcess, serve_ui, stop_ui, ui_command, wait_for_ui
+from .ui import UIProcess, latest_sweep, port_in_use, serve_ui, stop_ui, ui_command, ui_links, wait_for_ui
 
 __all__ = [
     "ENCODER_EXPERIMENT", "MAX_ERROR_LENGTH", "MAX_PARAM_VAL_LENGTH", "TAG_CONFIG_HASH", "TAG_ENCODER_MODEL",
@@ -43,6 +44,6 @@ __all__ = [
     "TAG_MODEL_INIT_SHA", "TAG_PARENT", "TAG_REGISTERED", "TAG_ROW", "TAG_STATE", "TAG_SWEEP", "TAG_SWEEP_NAME", "TAG_TRIAL",
     "SweepTracker", "TrackedRun", "TrackingUnavailable", "UIProcess", "artifact_tags", "check_tracking_store",
     "child_runs", "default_artifact_root", "download_encoder", "pinned_encoder_tags", "find_encoder_version",
-    "find_latest_sweep", "record_pretrain", "resolve_model_uri", "serve_ui", "stop_ui", "track_run", "tracking_uri",
-    "ui_command", "wait_for_ui", "with_retry",
+    "find_latest_sweep", "latest_sweep", "port_in_use", "record_pretrain", "resolve_model_uri", "serve_ui", "stop_ui", "track_run", "tracking_uri",
+    "ui_command", "ui_links", "wait_for_ui", "with_retry",
 ]
