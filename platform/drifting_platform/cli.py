@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from . import rundir
 from .config import ConfigError, load_config, preset_names, to_dict
 from .home import EXPERIMENTS_DIR
 
@@ -40,12 +41,14 @@ def _load(path: str, preset: str | None, overrides: tuple[str, ...]):
         raise click.ClickException(f"bad config: {exc}") from None
 
 
-def _preflight(cfg, *, pretrain: bool = False, machine: bool = True, gpus: int = 0):
-    """`preflight.preflight` (registry names, paths, devices) as a one-line click error."""
-    from .preflight import ResourceError, preflight, preflight_pretrain
+def _preflight(cfg, *, pretrain: bool = False, machine: bool = True, workers: int = 0, gpu: bool = False):
+    """`preflight.preflight` (registry names, paths, devices) as a one-line click error.
+    Ray Train workers on a cluster (RAY_ADDRESS) have devices of their own: not checked here."""
+    from .preflight import ResourceError, in_ray_cluster_context, preflight, preflight_pretrain
 
+    device = machine and not (workers and in_ray_cluster_context())
     try:
-        return (preflight_pretrain if pretrain else preflight)(cfg, paths=machine, device=machine, gpus=gpus)
+        return (preflight_pretrain if pretrain else preflight)(cfg, paths=machine, device=device, gpus=workers if gpu else 0)
     except ResourceError as exc:
         raise click.ClickException(str(exc)) from None
     except ConfigError as exc:
@@ -104,9 +107,8 @@ def train(config: str, out: str, preset: str | None, overrides: tuple[str, ...],
     _check_gpu(gpu, workers)
     if storage_path and workers < 1:
         raise click.BadParameter("--storage-path is Ray Train's storage; it needs --workers N (N >= 1)", param_hint="--storage-path")
-    _preflight(cfg, gpus=workers if gpu else 0)  # before --out exists or Ray starts
+    _preflight(cfg, workers=workers, gpu=gpu)  # before --out exists or Ray starts
     from . import tracking  # noqa: F401 - registers the resolvers of models:/ and runs:/ encoder sources
-
     from .preflight import ResourceError
 
     fresh = not Path(out).exists()  # a run refused at the start leaves no empty --out behind
@@ -129,8 +131,6 @@ def train(config: str, out: str, preset: str | None, overrides: tuple[str, ...],
         _drop_if_empty(out, fresh)
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
     click.echo(json.dumps(summary, indent=2))
-    from . import rundir
-
     written = [n for n in (rundir.SUMMARY, rundir.SAMPLES, rundir.GRID, rundir.METRICS, rundir.CHECKPOINT) if (Path(out) / n).exists()]
     click.echo(f"results in {Path(out).resolve()} ({', '.join(written)})")
 
@@ -155,7 +155,7 @@ def pretrain(config: str, out: str | None, preset: str | None, overrides: tuple[
         cfg = load_pretrain_config(resolve_config_path(config), preset, overrides)
     except ConfigError as exc:
         raise click.ClickException(f"bad config: {exc}") from None
-    _preflight(cfg, pretrain=True, gpus=workers if gpu else 0)  # before the run directory or Ray
+    _preflight(cfg, pretrain=True, workers=workers, gpu=gpu)  # before the run directory or Ray
     try:
         res = run_pretrain(cfg, out, workers=workers, gpu=gpu, register=False if no_register else None, progress=not quiet, resume=not no_resume)
     except ResourceError as exc:
@@ -187,7 +187,6 @@ def sample(run_dir: str, num: int, out: str, cfg_scale: float, seed: int, grid: 
     if not out.endswith(".npz"):  # before any sampling: NumPy data in a .png helps nobody
         hint = f"; for a picture add --grid {out}" if out.lower().endswith((".png", ".jpg", ".jpeg")) else ""
         raise click.ClickException(f"--out {out}: the samples file is NumPy .npz; give --out NAME.npz{hint}")
-    from . import rundir
     from .config import ConfigError
     from .inference import load_release_run, load_run, sample_release, sample_run
     from .release import ReleaseError, is_release_source
