@@ -113,3 +113,12 @@ def test_mistake_is_one_line_and_leaves_nothing(case, results):
     left = sorted(p.name for p in tmp.iterdir() if p.name not in ("home", "mlflow.db"))
     assert left == r["before"], f"left behind: {sorted(set(left) - set(r['before']))}"
     assert r["seconds"] < 20, f"{case}: took {r['seconds']:.1f} s"
+
+
+def test_no_eval_lists_only_the_files_it_wrote(tmp_path, isolated_home):
+    out = tmp_path / "run"
+    proc = subprocess.run([CLI, "train", str(CONFIGS / "toy_8gaussians.yaml"), "--preset", "smoke", "--out", str(out), "--quiet", "--no-eval",
+                           "--set", "train.steps=2", "--set", "train.log_every=1"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    listed = proc.stdout.strip().splitlines()[-1].split("(", 1)[1].rstrip(")").split(", ")
+    assert sorted(listed) == sorted(p.name for p in out.iterdir() if p.is_file()) and "samples.npz" not in listed, proc.stdout
