@@ -223,6 +223,24 @@ def _generator_state(path: Path) -> dict:
     return torch.load(path / "checkpoint.pt", map_location="cpu", weights_only=False)["generator"]
 
 
+def test_gpus_a_connected_cluster_lacks_are_refused_not_waited_for(ray_local, tmp_path):
+    """A Ray that is already up (as a cluster is once connected) with no GPUs: asking for GPU
+    workers fails at once, before the run directory exists, and leaves that Ray running."""
+    from drifting_platform.launch.cluster import ray_init_for_sweep
+    from drifting_platform.launch.ray_train import fit_ray
+    from drifting_platform.preflight import ResourceError
+
+    assert ray_local.cluster_resources().get("GPU", 0) == 0
+    assert ray_init_for_sweep(gpus=0)["CPU"] == 2
+    with pytest.raises(ResourceError, match=r"resources\.gpu: a worker group needs 2 GPU\(s\) but the Ray cluster has 0"):
+        ray_init_for_sweep(gpus=2, gpu_key="resources.gpu")
+    cfg = load_config(DIGITS, "smoke")
+    with pytest.raises(ResourceError, match=r"--gpu: .* needs 1 GPU"):
+        fit_ray(cfg, tmp_path / "run", workers=1, gpu=True)
+    assert not (tmp_path / "run").exists()
+    assert ray_local.is_initialized()
+
+
 def test_two_workers_match_one_worker(ray_local, tmp_path):
     """Data parallelism: 2 gloo workers reach the parameters of 1 process, same global batch."""
     from drifting_platform.launch.ray_train import fit_ray

@@ -22,7 +22,9 @@ LAYERS = {
     0: ("config", "rundir", "home", "storage", "encoder_artifact"),
     1: ("drift", "eval", "sampling"),
     2: ("models", "data"),
-    3: ("release", "encoders"),  # release: the authors' artifacts read into models/ networks
+    # release: the authors' artifacts read into models/ networks; preflight: a config's
+    # registry names, paths and devices, checked before a command creates anything
+    3: ("release", "encoders", "preflight"),
     4: ("train",),
     5: ("pretrain", "inference"),
     6: ("tracking",),  # the only importer of mlflow

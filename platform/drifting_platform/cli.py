@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from . import rundir
 from .config import ConfigError, load_config, preset_names, to_dict
 from .home import EXPERIMENTS_DIR
 
@@ -36,6 +37,20 @@ def resolve_config_path(path: str) -> Path:
 def _load(path: str, preset: str | None, overrides: tuple[str, ...]):
     try:
         return load_config(resolve_config_path(path), preset, overrides)
+    except ConfigError as exc:
+        raise click.ClickException(f"bad config: {exc}") from None
+
+
+def _preflight(cfg, *, pretrain: bool = False, machine: bool = True, workers: int = 0, gpu: bool = False):
+    """`preflight.preflight` (registry names, paths, devices) as a one-line click error.
+    Ray Train workers on a cluster (RAY_ADDRESS) have devices of their own: not checked here."""
+    from .preflight import ResourceError, in_ray_cluster_context, preflight, preflight_pretrain
+
+    device = machine and not (workers and in_ray_cluster_context())
+    try:
+        return (preflight_pretrain if pretrain else preflight)(cfg, paths=machine, device=device, gpus=workers if gpu else 0)
+    except ResourceError as exc:
+        raise click.ClickException(str(exc)) from None
     except ConfigError as exc:
         raise click.ClickException(f"bad config: {exc}") from None
 
@@ -92,7 +107,9 @@ def train(config: str, out: str, preset: str | None, overrides: tuple[str, ...],
     _check_gpu(gpu, workers)
     if storage_path and workers < 1:
         raise click.BadParameter("--storage-path is Ray Train's storage; it needs --workers N (N >= 1)", param_hint="--storage-path")
+    _preflight(cfg, workers=workers, gpu=gpu)  # before --out exists or Ray starts
     from . import tracking  # noqa: F401 - registers the resolvers of models:/ and runs:/ encoder sources
+    from .preflight import ResourceError
 
     fresh = not Path(out).exists()  # a run refused at the start leaves no empty --out behind
     try:
@@ -104,6 +121,9 @@ def train(config: str, out: str, preset: str | None, overrides: tuple[str, ...],
             from .train.loop import training_loop
 
             summary = training_loop(cfg, out, resume=not no_resume, progress=not quiet, evaluate=not no_eval)
+    except ResourceError as exc:  # GPUs a Ray cluster lacks (checked once connected)
+        _drop_if_empty(out, fresh)
+        raise click.ClickException(str(exc)) from None
     except ConfigError as exc:
         _drop_if_empty(out, fresh)
         raise click.ClickException(f"bad config: {exc}") from None
@@ -111,7 +131,8 @@ def train(config: str, out: str, preset: str | None, overrides: tuple[str, ...],
         _drop_if_empty(out, fresh)
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
     click.echo(json.dumps(summary, indent=2))
-    click.echo(f"results in {Path(out).resolve()} (summary.json, samples.npz, samples.png, metrics.jsonl, checkpoint.pt)")
+    written = [n for n in (rundir.SUMMARY, rundir.SAMPLES, rundir.GRID, rundir.METRICS, rundir.CHECKPOINT) if (Path(out) / n).exists()]
+    click.echo(f"results in {Path(out).resolve()} ({', '.join(written)})")
 
 
 @main.command()
@@ -127,10 +148,18 @@ def pretrain(config: str, out: str | None, preset: str | None, overrides: tuple[
     track it in MLflow (experiment "encoders") and register its weights as a model version."""
     from .launch.pretrain import load_pretrain_config, run_pretrain
 
+    from .preflight import ResourceError
+
     _check_gpu(gpu, workers)
     try:
         cfg = load_pretrain_config(resolve_config_path(config), preset, overrides)
+    except ConfigError as exc:
+        raise click.ClickException(f"bad config: {exc}") from None
+    _preflight(cfg, pretrain=True, workers=workers, gpu=gpu)  # before the run directory or Ray
+    try:
         res = run_pretrain(cfg, out, workers=workers, gpu=gpu, register=False if no_register else None, progress=not quiet, resume=not no_resume)
+    except ResourceError as exc:
+        raise click.ClickException(str(exc)) from None
     except ConfigError as exc:
         raise click.ClickException(f"bad config: {exc}") from None
     except _run_errors() as exc:
@@ -155,6 +184,9 @@ def sample(run_dir: str, num: int, out: str, cfg_scale: float, seed: int, grid: 
     a folder written by `release convert`, or hf://NAME. Released generators sample in their
     own space with labels balanced over their classes; latent models' samples are SD-VAE
     latents, which this command does not decode."""
+    if not out.endswith(".npz"):  # before any sampling: NumPy data in a .png helps nobody
+        hint = f"; for a picture add --grid {out}" if out.lower().endswith((".png", ".jpg", ".jpeg")) else ""
+        raise click.ClickException(f"--out {out}: the samples file is NumPy .npz; give --out NAME.npz{hint}")
     from .config import ConfigError
     from .inference import load_release_run, load_run, sample_release, sample_run
     from .release import ReleaseError, is_release_source
@@ -166,8 +198,9 @@ def sample(run_dir: str, num: int, out: str, cfg_scale: float, seed: int, grid: 
             rel = load_release_run(run_dir)
             samples, labels = sample_release(rel, num, cfg_scale=cfg_scale, seed=seed)
         else:
-            if not Path(run_dir).is_dir():
-                raise click.ClickException(f"{run_dir}: not a run directory, a release artifact folder, a converted folder or hf://NAME")
+            if not (Path(run_dir) / rundir.CHECKPOINT).is_file():
+                what = "a folder without checkpoint.pt" if Path(run_dir).is_dir() else "no such folder"
+                raise click.ClickException(f"{run_dir}: not a run directory ({what}), a release artifact folder, a converted folder or hf://NAME")
             samples, labels = sample_run(load_run(run_dir), num, cfg_scale=cfg_scale, seed=seed)
     except (CheckpointError, ConfigError, ReleaseError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -358,26 +391,79 @@ def data() -> None:
 @data.command("export")
 @click.argument("name")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False))
-@click.option("--set", "options", multiple=True, metavar="KEY=VALUE", help="Data option: size, root, n, limit, seed, shard_size.")
+@click.option("--set", "options", multiple=True, metavar="KEY=VALUE", help="Data option: size, root, path, n, limit, seed, shard_size.")
 def data_export(name: str, out: str, options: tuple[str, ...]) -> None:
     """Write data set NAME (toy, digits, mnist, ...) to Parquet shards under OUT."""
+    import dataclasses
+    import inspect
+
     import yaml
 
-    from .data import build_dataset, write_shards
+    from .config import DataConfig, build_dataclass
+    from .data import DATASETS, build_dataset, write_shards
+    from .preflight import allowed, check_data
 
+    # the options: build_dataset's keywords and write_shards' shard_size, values read as YAML
+    keys = [p.name for p in inspect.signature(build_dataset).parameters.values() if p.kind is p.KEYWORD_ONLY] + ["shard_size"]
     kwargs = {}
-    for item in options:
-        if "=" not in item:
-            raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="--set")
-        k, v = item.split("=", 1)
-        kwargs[k] = yaml.safe_load(v)
-    shard_size = kwargs.pop("shard_size", 4096)
+    try:
+        for item in options:
+            if "=" not in item:
+                raise ConfigError(f"--set {item}: expected KEY=VALUE")
+            k, v = item.split("=", 1)
+            allowed(f"--set {k}", k, keys, "a data option")
+            kwargs[k] = yaml.safe_load(v)
+        allowed("NAME", name, DATASETS, "a data set")
+        shard_size = kwargs.pop("shard_size", 4096)
+        if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
+            raise ConfigError(f"--set shard_size: expected an integer >= 1, got {shard_size!r}")
+        fields = {f.name for f in dataclasses.fields(DataConfig)}
+        try:  # types as a config's data section has them
+            data_cfg = build_dataclass(DataConfig, {"name": name, **{k: v for k, v in kwargs.items() if k in fields}})
+        except ConfigError as exc:
+            raise ConfigError(f"--set {exc}") from None
+        check_data(data_cfg, prefix="--set ")  # the files it reads (shards, a torchvision root)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    _check_writable(out)  # before any data is read
     try:
         ds = build_dataset(name, **kwargs)
     except (ValueError, FileNotFoundError, TypeError) as exc:
         raise click.ClickException(str(exc)) from None
     files = write_shards(ds, out, shard_size=shard_size)
     click.echo(f"wrote {len(ds.x)} samples of {name} {tuple(ds.shape)} to {len(files)} shard(s) under {out}")
+
+
+def _check_writable(out: str) -> None:
+    """Refuse an --out where nothing can be written, leaving nothing behind: make the folder
+    (and missing parents) and a probe file, then remove what was made. s3:// is not probed."""
+    import os
+    import tempfile
+
+    from .storage import is_s3
+
+    if is_s3(out):
+        return
+    path = Path(out).expanduser().absolute()
+    made = []  # the folders created here, innermost last
+    p = path
+    while not p.exists() and p != p.parent:
+        made.insert(0, p)
+        p = p.parent
+    try:
+        for d in made:
+            d.mkdir()
+        fd, probe = tempfile.mkstemp(prefix=".drifting-probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise click.ClickException(f"--out {out}: cannot write there ({exc.strerror or type(exc).__name__})") from None
+    finally:
+        for d in reversed(made):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
 
 
 @main.group("config")
@@ -389,11 +475,13 @@ def config_group() -> None:
 @click.argument("config")
 @click.option("--preset", default=None)
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE")
-def config_show(config: str, preset: str | None, overrides: tuple[str, ...]) -> None:
-    """Print the fully resolved, validated config."""
+@click.option("--no-machine-check", is_flag=True, help="Skip the checks of this machine (data files, weights, CUDA): show a cluster preset on a laptop.")
+def config_show(config: str, preset: str | None, overrides: tuple[str, ...], no_machine_check: bool) -> None:
+    """Print the fully resolved, validated config (registry names, paths and devices checked
+    as `train` checks them)."""
     import yaml
 
-    cfg = _load(config, preset, overrides)
+    cfg = _preflight(_load(config, preset, overrides), machine=not no_machine_check)
     click.echo(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     click.echo(f"# presets: {', '.join(preset_names(resolve_config_path(config)))}")
 

@@ -1,4 +1,5 @@
-"""Connecting to Ray: an existing cluster inside a Ray job, else a local one."""
+"""Connecting to Ray: an existing cluster inside a Ray job, else a local one; and whether the
+GPUs asked for are there, before anything waits for them."""
 
 from __future__ import annotations
 
@@ -7,16 +8,12 @@ from typing import Optional
 
 import ray
 
-# environment variables that say "this process runs inside a Ray job / on a cluster node"
-_CLUSTER_ENV = ("RAY_ADDRESS", "RAY_JOB_ID", "RAY_JOB_SUBMISSION_ID")
+from ..preflight import ResourceError, in_ray_cluster_context, require_local_gpus
+
+__all__ = ["check_cluster_gpus", "in_ray_cluster_context", "ray_init_for_sweep"]
 
 
-def in_ray_cluster_context() -> bool:
-    """True when RAY_ADDRESS is set or this process was started by `ray job submit`."""
-    return any(os.environ.get(k) for k in _CLUSTER_ENV)
-
-
-def ray_init_for_sweep(num_cpus: Optional[int] = None, *, address: Optional[str] = None, **kwargs) -> dict:
+def ray_init_for_sweep(num_cpus: Optional[int] = None, *, address: Optional[str] = None, gpus: int = 0, gpu_key: str = "--gpu", **kwargs) -> dict:
     """Make sure Ray is initialised; returns `ray.cluster_resources()`.
 
     - already initialised: nothing is started;
@@ -24,7 +21,12 @@ def ray_init_for_sweep(num_cpus: Optional[int] = None, *, address: Optional[str]
       (`address="auto"` unless RAY_ADDRESS names one);
     - otherwise start a local Ray with `num_cpus` (default: this machine's CPUs), never
       attaching to some other cluster that happens to run on the machine.
+
+    `gpus` > 0: one worker group needs that many GPUs. A local Ray is not started on a
+    machine with fewer CUDA GPUs, and a cluster with fewer in total is refused right after
+    connecting (`ResourceError` naming `gpu_key`), instead of Ray waiting forever for them.
     """
+    started = False
     if not ray.is_initialized():
         kwargs.setdefault("include_dashboard", False)
         kwargs.setdefault("log_to_driver", True)
@@ -33,5 +35,21 @@ def ray_init_for_sweep(num_cpus: Optional[int] = None, *, address: Optional[str]
         if address not in (None, "local"):
             ray.init(address=address, **kwargs)
         else:
+            require_local_gpus(gpus, gpu_key)
             ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
-    return ray.cluster_resources()
+        started = True
+    resources = ray.cluster_resources()
+    try:
+        check_cluster_gpus(resources, gpus, gpu_key)
+    except ResourceError:
+        if started:
+            ray.shutdown()
+        raise
+    return resources
+
+
+def check_cluster_gpus(resources: dict, gpus: int, key: str = "--gpu") -> None:
+    """ResourceError when the cluster (`ray.cluster_resources()`) has fewer than `gpus` GPUs."""
+    have = float(resources.get("GPU", 0))
+    if gpus > 0 and have < gpus:
+        raise ResourceError(f"{key}: a worker group needs {gpus} GPU(s) but the Ray cluster has {have:g}; drop the GPU request or add GPU nodes")

@@ -25,6 +25,7 @@ import yaml
 
 from .. import config as C
 from .. import rundir
+from ..preflight import in_ray_cluster_context, preflight
 
 if TYPE_CHECKING:
     from .spec import SweepSpec
@@ -132,7 +133,8 @@ def first_bad_trial(spec: "SweepSpec") -> Optional[tuple[str, str]]:
     """(key path, message) of the first trial whose config does not validate, or None.
 
     Grid / rows: every planned trial. Optuna: every choice and both ends of every range,
-    each with the rest of the point at its first value."""
+    each with the rest of the point at its first value. Each passes `preflight` too
+    (registry names, local paths; CUDA unless a Ray cluster runs the trials)."""
     probes = []  # (where, where of a worker-split error, message prefix, params)
     for t in spec.trials:
         where = f"rows[{t.index}]" if spec.rows is not None else "space"
@@ -144,9 +146,11 @@ def first_bad_trial(spec: "SweepSpec") -> Optional[tuple[str, str]]:
             ends = values if kind == "choice" else ([values[0], values[1] - 1] if kind == "randint" else values)
             probes += [(f"space.{path}.{kind}", f"space.{path}", f"value {v!r}", {**first, path: v}) for v in ends]
     workers = spec.resources.workers
+    # registry names and paths as the driver sees them; CUDA is the cluster nodes' business
+    on_cluster = in_ray_cluster_context()
     for where, split_where, what, params in probes:
         try:
-            cfg = build_trial_config(spec, params)
+            cfg = preflight(build_trial_config(spec, params), device=not on_cluster)
         except C.ConfigError as exc:
             return where, f"{what}: {exc}"
         if cfg.sampling.n_classes % workers:

@@ -274,7 +274,9 @@ def fit_ray(
     `drifting_platform.storage`); default `out_dir/ray`. With
     `resume` and an existing `out_dir/checkpoint.pt`, training continues from it.
     """
-    ray_init_for_sweep()
+    # GPUs that are not there are refused here (before a local Ray starts, or right after
+    # connecting to a cluster), not waited for by the trainer
+    ray_init_for_sweep(gpus=workers if gpu else 0)
     run_dir = Path(out_dir).expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     initial = run_dir / rundir.CHECKPOINT

@@ -253,6 +253,7 @@ def _encoders(raw: Any, file: Path, sweep_preset: Optional[str] = None) -> dict:
     if raw is None:
         return {}
     # the pretrain package imports torch (its __init__): sweeps without encoders skip it
+    from ..preflight import in_ray_cluster_context, preflight_pretrain
     from ..pretrain.config import load_pretrain_config
 
     if not isinstance(raw, dict):
@@ -275,7 +276,7 @@ def _encoders(raw: Any, file: Path, sweep_preset: Optional[str] = None) -> dict:
             preset = sweep_preset
         sets = _override_list(entry.set, f"{where}.set", file)
         try:
-            cfg = load_pretrain_config(cpath, preset, sets)
+            cfg = preflight_pretrain(load_pretrain_config(cpath, preset, sets), device=not in_ray_cluster_context())
         except ConfigError as exc:
             raise _err(where, f"{exc} (pre-training config {cpath})", file) from None
         if cfg.registered_name in names:

@@ -302,7 +302,8 @@ def _run(spec: SweepSpec, preset_label: str, sweep_name: str, sweep_dir: Path, t
     if resume and not sweep_dir.exists():
         log.warning("--resume: no earlier %s sweep of %s under %s; starting a new one", preset_label, spec.name, sweep_dir.parent)
     started = not ray.is_initialized()
-    cluster = ray_init_for_sweep()
+    r = spec.resources  # GPUs the cluster lacks are refused now, not waited for by Tune
+    cluster = ray_init_for_sweep(gpus=r.workers if r.gpu else 0, gpu_key="resources.gpu")
     stop.arm()  # ray.init replaced our SIGTERM handler with its own (sys.exit)
     try:
         trial_res, cap = plan.plan_resources(spec, cluster)
