@@ -53,6 +53,32 @@ def _run_errors() -> tuple:
     return (CheckpointError, CheckpointWriteError, TrainingDiverged, TrackingUnavailable, ReleaseError)
 
 
+def _resume_command() -> str:
+    """The command line that was run, as typed, without --no-resume: what continues an
+    interrupted run (`python -m drifting_platform.cli ...` stays so; the installed script is
+    `drifting-platform` when that is what PATH finds, else the path it was run by)."""
+    import os
+    import shlex
+    import shutil
+
+    orig = list(getattr(sys, "orig_argv", []))
+    if "-m" in orig[:-1]:
+        prog = orig[: orig.index("-m") + 2]
+    else:
+        script = sys.argv[0]
+        found = shutil.which("drifting-platform")
+        same = found is not None and os.path.exists(script) and os.path.samefile(found, script)
+        prog = ["drifting-platform" if same else script]
+    return shlex.join(prog + [a for a in sys.argv[1:] if a != "--no-resume"])
+
+
+def _interrupted(exc) -> None:
+    """SIGINT / SIGTERM stopped a run: one line with where it stopped and the command that
+    resumes, then exit 128 + the signal (130 for SIGINT, 143 for SIGTERM)."""
+    click.echo(f"{exc.describe()}; resume with: {_resume_command()}", err=True)
+    raise click.exceptions.Exit(exc.exit_code)
+
+
 def _drop_if_empty(path: str, created_here: bool) -> None:
     p = Path(path)
     if created_here and p.is_dir() and not any(p.iterdir()):
@@ -94,6 +120,8 @@ def train(config: str, out: str, preset: str | None, overrides: tuple[str, ...],
         raise click.BadParameter("--storage-path is Ray Train's storage; it needs --workers N (N >= 1)", param_hint="--storage-path")
     from . import tracking  # noqa: F401 - registers the resolvers of models:/ and runs:/ encoder sources
 
+    from .train.kit import TrainingInterrupted
+
     fresh = not Path(out).exists()  # a run refused at the start leaves no empty --out behind
     try:
         if workers:
@@ -104,6 +132,8 @@ def train(config: str, out: str, preset: str | None, overrides: tuple[str, ...],
             from .train.loop import training_loop
 
             summary = training_loop(cfg, out, resume=not no_resume, progress=not quiet, evaluate=not no_eval)
+    except TrainingInterrupted as exc:
+        _interrupted(exc)
     except ConfigError as exc:
         _drop_if_empty(out, fresh)
         raise click.ClickException(f"bad config: {exc}") from None
@@ -126,11 +156,14 @@ def pretrain(config: str, out: str | None, preset: str | None, overrides: tuple[
     """Pre-train a feature encoder (SimCLR, MoCo-v2, MAE, the release's Latent-MAE; optional classifier fine-tuning),
     track it in MLflow (experiment "encoders") and register its weights as a model version."""
     from .launch.pretrain import load_pretrain_config, run_pretrain
+    from .train.kit import TrainingInterrupted
 
     _check_gpu(gpu, workers)
     try:
         cfg = load_pretrain_config(resolve_config_path(config), preset, overrides)
         res = run_pretrain(cfg, out, workers=workers, gpu=gpu, register=False if no_register else None, progress=not quiet, resume=not no_resume)
+    except TrainingInterrupted as exc:
+        _interrupted(exc)
     except ConfigError as exc:
         raise click.ClickException(f"bad config: {exc}") from None
     except _run_errors() as exc:
