@@ -35,7 +35,8 @@ def _strict_json(path: Path):
 def _start(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
     """The CLI as a user runs it, output to `log` (a pipe could fill and block the child)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "drifting_platform.cli", *args], cwd=cwd, env=dict(os.environ),
+        [sys.executable, "-m", "drifting_platform.cli", *args], cwd=cwd,
+        env={**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "PYTHONUNBUFFERED": "1"},
         stdout=log.open("w"), stderr=subprocess.STDOUT, text=True,
     )
 
@@ -72,6 +73,7 @@ def _steps(metrics: Path) -> list[int]:
     return [step for step, _ in rundir.read_metrics(metrics)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_train_interrupt_checkpoints_and_resumes(isolated_home, tmp_path, sig):
     total, every = 600, 5  # the smoke preset has ckpt_every 0: only the interrupt saves mid-run
@@ -119,6 +121,7 @@ def _versions(client, name):
         return []
 
 
+@pytest.mark.slow
 def test_pretrain_sigterm_kills_the_mlflow_run_and_the_rerun_finishes_it(isolated_home, tmp_path):
     from mlflow import MlflowClient
 
@@ -155,6 +158,7 @@ def test_pretrain_sigterm_kills_the_mlflow_run_and_the_rerun_finishes_it(isolate
     assert math.isfinite(_strict_json(run / rundir.SUMMARY)["final_loss"])
 
 
+@pytest.mark.slow
 def test_pretrain_rerun_of_a_finished_run_keeps_summary_and_version(isolated_home, tmp_path):
     from mlflow import MlflowClient
 
@@ -181,3 +185,57 @@ def test_write_json_never_writes_nan(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # finite values: no warning
         rundir.write_json(tmp_path / "t.json", {"loss": 0.5})
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live descendant of `pid` (from /proc: the Ray processes a driver started)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        kids = {c for c, pp in parents.items() if pp == p}
+        todo.extend(kids - out)
+        out |= kids
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_train_with_ray_workers_sigterm_stops_workers_and_resumes(isolated_home, tmp_path):
+    total, every, ckpt_every = 120, 5, 20
+    args = ["train", str(CONFIGS / "toy_8gaussians.yaml"), "--preset", "smoke", "--out", "runs/r", "--workers", "1",
+            "--set", f"train.steps={total}", "--set", f"train.log_every={every}", "--set", f"train.ckpt_every={ckpt_every}", "--quiet"]
+    log, run = tmp_path / "ray.log", tmp_path / "runs" / "r"
+    proc = _start(args, tmp_path, log)
+    _wait_for_lines(run / rundir.METRICS, proc, log, n=ckpt_every // every + 1)  # a checkpoint was written
+    ray_processes = _descendants(proc.pid)
+    assert ray_processes  # the local Ray: GCS, raylet, the worker
+    output = _interrupt(proc, signal.SIGTERM, log)
+
+    assert proc.returncode == 143, output
+    assert "Traceback" not in output, output
+    ckpt_step = torch.load(run / rundir.CHECKPOINT, weights_only=True)["step"]
+    assert ckpt_step % ckpt_every == 0 and 0 < ckpt_step < total
+    assert f"; checkpoint of step {ckpt_step} in {run / rundir.CHECKPOINT} (the Ray Train workers were stopped" in output
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_alive(p) for p in ray_processes):
+        time.sleep(0.2)
+    assert not [p for p in ray_processes if _alive(p)], "Ray processes outlived the driver"
+
+    resumed = subprocess.run(_resume_command(output), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    steps = _steps(run / rundir.METRICS)
+    assert steps == list(range(every, total + 1, every))  # lines past the checkpoint were logged again, once
+    assert _strict_json(run / rundir.SUMMARY)["steps"] == total
