@@ -119,7 +119,6 @@ def train(config: str, out: str, preset: str | None, overrides: tuple[str, ...],
     if storage_path and workers < 1:
         raise click.BadParameter("--storage-path is Ray Train's storage; it needs --workers N (N >= 1)", param_hint="--storage-path")
     from . import tracking  # noqa: F401 - registers the resolvers of models:/ and runs:/ encoder sources
-
     from .train.kit import TrainingInterrupted
 
     fresh = not Path(out).exists()  # a run refused at the start leaves no empty --out behind
@@ -133,6 +132,7 @@ def train(config: str, out: str, preset: str | None, overrides: tuple[str, ...],
 
             summary = training_loop(cfg, out, resume=not no_resume, progress=not quiet, evaluate=not no_eval)
     except TrainingInterrupted as exc:
+        _drop_if_empty(out, fresh)  # stopped before its first step
         _interrupted(exc)
     except ConfigError as exc:
         _drop_if_empty(out, fresh)

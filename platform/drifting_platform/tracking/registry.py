@@ -31,7 +31,7 @@ from ..rundir import METRICS, SUMMARY, read_metrics
 from .client import SweepTracker
 from .store import clean_tags, dir_name, mask_url_credentials, tracking_uri, with_retry
 from .tags import (
-    TAG_CONFIG_HASH, TAG_ENCODER_MODEL, TAG_ENCODER_SOURCE, TAG_ENCODER_VERSION, TAG_ERROR, TAG_EXPERIMENT, TAG_REGISTERED, TAG_RUN_DIR,
+    TAG_CONFIG_HASH, TAG_ENCODER_MODEL, TAG_ENCODER_SOURCE, TAG_ENCODER_VERSION, TAG_EXPERIMENT, TAG_REGISTERED, TAG_RUN_DIR,
     TAG_WEIGHTS_SHA,
 )
 
@@ -94,9 +94,7 @@ def record_pretrain(
     unfinished = [r for r in previous if r.info.status != "FINISHED"] if continue_run else []
     if unfinished:
         run_id = unfinished[0].info.run_id
-        tracker.reopen_run(run_id)
-        if TAG_ERROR in unfinished[0].data.tags:  # the interrupt's message: no longer true
-            with_retry(client.delete_tag, run_id, TAG_ERROR)
+        tracker.reopen_run(run_id)  # RUNNING again, the interrupt's drifting.error dropped
         logged = max(tracker.last_steps(run_id).values(), default=-1)
     else:
         meta = read_meta(run_dir / ENCODER_DIR) if interrupted is None else {}
