@@ -20,6 +20,7 @@ import click
 from . import rundir
 from .config import ConfigError, load_config, preset_names, to_dict
 from .home import EXPERIMENTS_DIR
+from .rerun import rerun_command
 
 
 def resolve_config_path(path: str) -> Path:
@@ -68,6 +69,13 @@ def _run_errors() -> tuple:
     return (CheckpointError, CheckpointWriteError, TrainingDiverged, TrackingUnavailable, ReleaseError)
 
 
+def _interrupted(exc) -> None:
+    """SIGINT / SIGTERM stopped a run: one line with where it stopped and the command that
+    resumes, then exit 128 + the signal (130 for SIGINT, 143 for SIGTERM)."""
+    click.echo(f"{exc.describe()}; resume with: {rerun_command(drop=('--no-resume',))}", err=True)
+    raise click.exceptions.Exit(exc.exit_code)
+
+
 def _drop_if_empty(path: str, created_here: bool) -> None:
     p = Path(path)
     if created_here and p.is_dir() and not any(p.iterdir()):
@@ -110,6 +118,7 @@ def train(config: str, out: str, preset: str | None, overrides: tuple[str, ...],
     _preflight(cfg, workers=workers, gpu=gpu)  # before --out exists or Ray starts
     from . import tracking  # noqa: F401 - registers the resolvers of models:/ and runs:/ encoder sources
     from .preflight import ResourceError
+    from .train.kit import TrainingInterrupted
 
     fresh = not Path(out).exists()  # a run refused at the start leaves no empty --out behind
     try:
@@ -124,6 +133,9 @@ def train(config: str, out: str, preset: str | None, overrides: tuple[str, ...],
     except ResourceError as exc:  # GPUs a Ray cluster lacks (checked once connected)
         _drop_if_empty(out, fresh)
         raise click.ClickException(str(exc)) from None
+    except TrainingInterrupted as exc:
+        _drop_if_empty(out, fresh)  # stopped before its first step
+        _interrupted(exc)
     except ConfigError as exc:
         _drop_if_empty(out, fresh)
         raise click.ClickException(f"bad config: {exc}") from None
@@ -147,8 +159,8 @@ def pretrain(config: str, out: str | None, preset: str | None, overrides: tuple[
     """Pre-train a feature encoder (SimCLR, MoCo-v2, MAE, the release's Latent-MAE; optional classifier fine-tuning),
     track it in MLflow (experiment "encoders") and register its weights as a model version."""
     from .launch.pretrain import load_pretrain_config, run_pretrain
-
     from .preflight import ResourceError
+    from .train.kit import TrainingInterrupted
 
     _check_gpu(gpu, workers)
     try:
@@ -160,6 +172,8 @@ def pretrain(config: str, out: str | None, preset: str | None, overrides: tuple[
         res = run_pretrain(cfg, out, workers=workers, gpu=gpu, register=False if no_register else None, progress=not quiet, resume=not no_resume)
     except ResourceError as exc:
         raise click.ClickException(str(exc)) from None
+    except TrainingInterrupted as exc:
+        _interrupted(exc)
     except ConfigError as exc:
         raise click.ClickException(f"bad config: {exc}") from None
     except _run_errors() as exc:
@@ -267,7 +281,7 @@ def release_info(path: str) -> None:
 @click.option("--storage-path", default=None, metavar="DIR|s3://BUCKET/PREFIX", help="Where Ray Tune keeps its state and multi-worker trials their Ray Train checkpoints (default: the sweep directory). s3:// uses AWS_ENDPOINT_URL and the AWS credential chain.")
 def sweep(sweep_file: str, preset: str | None, overrides: tuple[str, ...], out_root: str | None, resume: bool, no_report: bool, storage_path: str | None) -> None:
     """Run a Ray Tune sweep (grid, rows or Optuna) tracked in MLflow; then print its table."""
-    from .launch.sweep import SweepInterrupted, resume_command, run_sweep  # Ray loads only once the sweep file is valid
+    from .launch.sweep import SweepInterrupted, run_sweep  # Ray loads only once the sweep file is valid
 
     path = resolve_config_path(sweep_file)
     try:
@@ -278,7 +292,7 @@ def sweep(sweep_file: str, preset: str | None, overrides: tuple[str, ...], out_r
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
     except SweepInterrupted as exc:  # the runs are KILLED, no report was written
         click.echo(str(exc), err=True)
-        click.echo(f"resume with: {resume_command(sys.argv)}", err=True)
+        click.echo(f"resume with: {rerun_command(add=('--resume',))}", err=True)
         sys.exit(exc.exit_code)
     if result.already_complete:
         click.echo(f"sweep {result.experiment} ({result.sweep_dir}) is already complete: {result.counts()}; nothing to run")

@@ -22,8 +22,10 @@ This module is pure standard library: every layer (loops, launchers, tracking) m
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
@@ -38,11 +40,31 @@ FATAL = "fatal.json"
 STOPPED = "stopped.json"
 
 
+def _finite(obj: Any, where: str, bad: list) -> Any:
+    """`obj` with every NaN / infinite float replaced by None (their key paths go to `bad`)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        bad.append(where or "(top level)")
+        return None
+    if isinstance(obj, Mapping):
+        return {k: _finite(v, f"{where}.{k}" if where else str(k), bad) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v, f"{where}[{i}]", bad) for i, v in enumerate(obj)]
+    return obj
+
+
 def write_json(path: str | Path, obj: Any, *, indent: Optional[int] = 2) -> Path:
-    """Write `obj` as JSON atomically (a temporary file, then `os.replace`)."""
+    """Write `obj` as strict JSON atomically (a temporary file, then `os.replace`).
+
+    JSON has no NaN or Infinity: such floats (a metric of a diverged trial, say) are written
+    as null, with a RuntimeWarning naming their keys, so every file here parses with any
+    JSON reader."""
     path = Path(path)
+    bad: list[str] = []
+    obj = _finite(obj, "", bad)
+    if bad:
+        warnings.warn(f"{path}: non-finite values written as null: {', '.join(bad)}", RuntimeWarning, stacklevel=2)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=indent, default=str) + "\n")
+    tmp.write_text(json.dumps(obj, indent=indent, default=str, allow_nan=False) + "\n")
     os.replace(tmp, path)
     return path
 

@@ -17,6 +17,7 @@ from ..encoder_artifact import model_uri
 from ..home import drifting_home
 from ..pretrain.config import PretrainConfig, config_hash, load_pretrain_config, to_dict
 from ..pretrain.loop import pretrain_loop
+from ..train.kit import TrainingInterrupted
 from ..tracking import find_encoder_version, record_pretrain
 
 
@@ -39,22 +40,30 @@ def run_pretrain(
 ) -> dict:
     """Pre-train `cfg`'s encoder, then record it in MLflow (experiment "encoders") and
     register its weights (unless `register` is False or `cfg.register.enabled` is off).
+    A rerun of a finished run returns its summary and registered version (nothing new is
+    registered); SIGINT / SIGTERM end the MLflow run KILLED and raise `TrainingInterrupted`
+    (a rerun continues the checkpoint and the MLflow run).
 
     workers = 0 runs the loop in this process; N >= 1 runs it on N Ray Train workers (DDP).
     """
     out = Path(out_dir).expanduser().resolve() if out_dir else default_out_dir(cfg)
     t0 = time.time()
-    if workers:
-        from .ray_train import fit_ray  # imports Ray: `pretrain` without workers runs without it
-
-        summary = fit_ray(cfg, out, workers=workers, gpu=gpu, resume=resume, progress=progress)
-    else:
-        summary = pretrain_loop(cfg, out, resume=resume, progress=progress)
-    do_register = cfg.register.enabled if register is None else register
-    registered = record_pretrain(
-        flatten(to_dict(cfg)), out, summary, name=cfg.registered_name, config_hash=config_hash(cfg),
-        register=do_register, run_name=cfg.name, tags={"drifting.workers": workers, **(tags or {})},
+    record = dict(
+        name=cfg.registered_name, config_hash=config_hash(cfg), run_name=cfg.name, tags={"drifting.workers": workers, **(tags or {})},
+        continue_run=resume,
     )
+    try:
+        if workers:
+            from .ray_train import fit_ray  # imports Ray: `pretrain` without workers runs without it
+
+            summary = fit_ray(cfg, out, workers=workers, gpu=gpu, resume=resume, progress=progress)
+        else:
+            summary = pretrain_loop(cfg, out, resume=resume, progress=progress)
+    except TrainingInterrupted as exc:  # SIGINT / SIGTERM: the run so far, KILLED; the rerun continues it
+        record_pretrain(flatten(to_dict(cfg)), out, None, register=False, interrupted=str(exc), **record)
+        raise
+    do_register = cfg.register.enabled if register is None else register
+    registered = record_pretrain(flatten(to_dict(cfg)), out, summary, register=do_register, **record)
     return {"summary": summary, "registered": registered, "out_dir": str(out), "seconds": round(time.time() - t0, 2)}
 
 

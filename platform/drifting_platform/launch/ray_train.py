@@ -57,6 +57,8 @@ from ..config import Config, ConfigError
 from ..pretrain.config import PretrainConfig
 from ..pretrain.loop import pretrain_loop
 from ..train import training_loop
+from ..train.checkpoint import CheckpointError, load_checkpoint
+from ..train.kit import StopSignals, TrainingInterrupted
 from .cluster import ray_init_for_sweep
 
 _REPORT, _DONE = "report", "done"
@@ -248,6 +250,50 @@ def make_trainer(
     )
 
 
+def _fit_interruptibly(trainer: TorchTrainer, run_dir: Path, total: int):
+    """`trainer.fit()` in a thread, so that this (main) thread keeps SIGINT / SIGTERM: Train
+    V2 takes SIGINT for an abort that waits on its controller, which waits forever on a
+    resource request no node can fill. On a signal Ray is shut down, which stops the
+    workers (a local Ray ends; a cluster ends this driver's job and its actors), and
+    `TrainingInterrupted` names the last checkpoint rank 0 wrote (every `train.ckpt_every`
+    steps: the workers are not asked for one at the interrupt)."""
+    box: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=fit, name="drifting-fit", daemon=True)
+    with StopSignals(announce="stopping the Ray Train workers") as stop:
+        thread.start()
+        while thread.is_alive() and not stop.requested:
+            thread.join(0.2)
+        if stop.requested:
+            ray.shutdown()
+            raise _interrupted(run_dir, total, stop.signum)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def _interrupted(run_dir: Path, total: int, signum: int) -> TrainingInterrupted:
+    """Where a Ray Train run stood when the driver stopped it: the last logged step and the
+    checkpoint on disk (rank 0's run_dir/checkpoint.pt)."""
+    path = run_dir / rundir.CHECKPOINT
+    ckpt_step = None
+    if path.is_file():
+        try:
+            ckpt_step = int(load_checkpoint(path)["step"])
+        except CheckpointError:
+            ckpt_step = None
+    logged = max((step for step, _ in rundir.read_metrics(run_dir / rundir.METRICS)), default=0)
+    step = max(logged, ckpt_step or 0)
+    note = "the Ray Train workers were stopped; a rerun continues from the last checkpoint they wrote (train.ckpt_every)"
+    return TrainingInterrupted(step, total, path if ckpt_step is not None else None, signum, checkpoint_step=ckpt_step, note=note)
+
+
 def fit_ray(
     cfg: Config,
     out_dir: str | Path,
@@ -273,6 +319,7 @@ def fit_ray(
     `s3://bucket/prefix` (endpoint and credentials from the AWS environment, see
     `drifting_platform.storage`); default `out_dir/ray`. With
     `resume` and an existing `out_dir/checkpoint.pt`, training continues from it.
+    SIGINT / SIGTERM stop the workers and raise `TrainingInterrupted` (`_fit_interruptibly`).
     """
     # GPUs that are not there are refused here (before a local Ray starts, or right after
     # connecting to a cluster), not waited for by the trainer
@@ -288,7 +335,8 @@ def fit_ray(
         storage_path=storage_path, progress=progress, evaluate=evaluate,
         initial_checkpoint=str(initial) if resume and initial.exists() else None,
     )
-    result = trainer.fit()
+    total = cfg.total_steps if isinstance(cfg, PretrainConfig) else cfg.train.steps
+    result = _fit_interruptibly(trainer, run_dir, total)
     if result.error is not None:
         raise result.error
     if not summary_path.exists():

@@ -38,8 +38,6 @@ import json
 import logging
 import math
 import os
-import shlex
-import shutil
 import signal
 import sys
 import threading
@@ -50,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from .. import rundir
 from ..home import sweeps_root
+from ..rerun import rerun_command
 from ..tracking import SweepTracker, check_tracking_store
 from .points import result_metrics, slug
 from .spec import Metric, SweepSpec, load_sweep
@@ -127,23 +126,9 @@ class SweepInterrupted(Exception):
 
 
 def resume_command(argv: list[str], *, script: bool = False) -> str:
-    """The command that resumes a sweep: `argv` (sys.argv, as typed) plus --resume. `script`:
-    argv[0] is a Python script (`python experiments/ablate_*.py`), run by this interpreter."""
-    argv = list(argv)
-    prog = argv[0]
-    if script:
-        exe = sys.executable
-        name = os.path.basename(exe)
-        found = shutil.which(name)
-        prog_words = [name if found and os.path.realpath(found) == os.path.realpath(exe) else exe, prog]
-    else:
-        name = os.path.basename(prog)
-        found = shutil.which(name)
-        prog_words = [name if os.path.isabs(prog) and found and os.path.realpath(found) == os.path.realpath(prog) else prog]
-    rest = argv[1:]
-    if "--resume" not in rest:
-        rest.append("--resume")
-    return shlex.join(prog_words + rest)
+    """The command that resumes a sweep: `argv` (as typed) plus --resume. `script`: argv[0]
+    is a Python script (`python experiments/ablate_*.py`), run by this interpreter."""
+    return rerun_command(argv, add=("--resume",), script=script)
 
 
 def sweep_dir_for(spec: SweepSpec, out_root: Optional[str | Path], resume: bool, preset_label: str) -> tuple[str, Path]:

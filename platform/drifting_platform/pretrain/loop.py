@@ -35,11 +35,15 @@ import torch
 import torch.distributed as dist
 
 from .. import config as C
+from .. import rundir
 from ..config import ConfigError
 from ..data import build_dataset
-from ..encoder_artifact import write_encoder_artifact
+from ..encoder_artifact import ENCODER_DIR, META_FILE, write_encoder_artifact
 from ..train import distributed as D
-from ..train.kit import Checkpointer, CheckpointHook, MetricWindow, Progress, Reporter, RunContext, StepLog, StepRNG, lr_factor, timing_summary, write_summary
+from ..train.kit import (
+    Checkpointer, CheckpointHook, MetricWindow, Progress, Reporter, RunContext, StepLog, StepRNG, StopSignals, lr_factor, timing_summary,
+    write_summary,
+)
 from .config import PretrainConfig, ReleaseMAEConfig, config_hash, to_dict
 from .objectives import FineTune, build_objective, build_release_mae_objective
 
@@ -164,11 +168,15 @@ class _Pretraining:
             self.finetune.load_state_dict(state["finetune"])
         self.opt = self._make_opt()
         self.opt.load_state_dict(state["optimizer"])
+        self.last_loss = float(state.get("last_loss", float("nan")))
         D.print0(f"resumed from {path} at step {self.start} ({self.phase})")
 
     def state(self, step: int) -> dict:
         """The checkpoint of step `step`."""
-        state = {"step": step, "phase": self.phase, "objective": self.obj.state_dict(), "optimizer": self.opt.state_dict(), "config": to_dict(self.cfg)}
+        state = {
+            "step": step, "phase": self.phase, "objective": self.obj.state_dict(), "optimizer": self.opt.state_dict(), "config": to_dict(self.cfg),
+            "last_loss": self.last_loss,  # the summary's final_loss when a rerun finds the run finished
+        }
         if self.finetune is not None and self.phase == "finetune":
             state["finetune"] = self.finetune.state_dict()
         return state
@@ -207,12 +215,21 @@ class _Pretraining:
         self.last_loss = float(loss.detach())
         return {"loss" if pre else "ft_loss": self.last_loss, **{name: float(v) for name, v in info.items()}, "grad_norm": grad_norm, "lr": lr}
 
+    def final_loss(self) -> Optional[float]:
+        """The loss of the last step; after a resume at the end (a rerun of a finished run whose
+        checkpoint predates `last_loss`), the last logged loss; None when neither exists."""
+        if math.isfinite(self.last_loss):
+            return self.last_loss
+        logged = [row.get("ft_loss", row.get("loss")) for _, row in rundir.read_metrics(self.ctx.out / rundir.METRICS)]
+        logged = [float(v) for v in logged if isinstance(v, (int, float)) and math.isfinite(v)]
+        return logged[-1] if logged else None
+
     def finish(self, evaluate: bool) -> dict:
         """The summary; on rank 0 also the linear probe (`evaluate`, labelled data), the
         encoder artifact and summary.json."""
         cfg, ctx, ds, obj = self.cfg, self.ctx, self.ds, self.obj
         backbone = obj.encoder()
-        summary = {**timing_summary(ctx, cfg.total_steps), "final_loss": self.last_loss}
+        summary = {**timing_summary(ctx, cfg.total_steps), "final_loss": self.final_loss()}
         if not ctx.main:
             return summary
         extra = {}
@@ -245,7 +262,24 @@ def pretrain_loop(
     evaluate: bool = True,  # the linear probe's accuracy in summary.json (labelled data)
     checkpoint_hook: Optional[CheckpointHook] = None,  # after each checkpoint
 ) -> dict:
-    """Pre-train (and optionally fine-tune) the encoder of `cfg`; returns the summary."""
+    """Pre-train (and optionally fine-tune) the encoder of `cfg`; returns the summary.
+
+    A rerun of a finished run (its checkpoint at the last step, summary.json and the encoder
+    artifact present) returns the stored summary and rewrites nothing. SIGINT / SIGTERM stop
+    it at the next step boundary as they stop `train.loop.training_loop`."""
+    with StopSignals(enabled=D.get_world_size() == 1) as stop:
+        return _pretrain(cfg, out_dir, stop, reporter=reporter, resume=resume, progress=progress, evaluate=evaluate, checkpoint_hook=checkpoint_hook)
+
+
+def _finished_summary(ctx: RunContext, total: int) -> Optional[dict]:
+    """summary.json of a run that finished `total` steps with its encoder artifact, else None."""
+    summary = rundir.read_json(ctx.out / rundir.SUMMARY)
+    if not isinstance(summary, dict) or summary.get("steps") != total or not (ctx.out / ENCODER_DIR / META_FILE).is_file():
+        return None
+    return summary
+
+
+def _pretrain(cfg: PretrainConfig, out_dir, stop: StopSignals, *, reporter, resume, progress, evaluate, checkpoint_hook) -> dict:
     tc = cfg.train
     # setup: the process, then data, objective, fine-tuning head, optimiser
     ctx = RunContext.start(out_dir, device=tc.device, threads=tc.threads)
@@ -255,27 +289,43 @@ def pretrain_loop(
     state = ckpt.load(to_dict(cfg), IDENTITY_KEYS) if resume else None
     if state is not None:
         run.restore(state, ckpt.path)
+        if run.start == cfg.total_steps and ctx.world == 1:
+            finished = _finished_summary(ctx, cfg.total_steps)
+            if finished is not None:  # a rerun of a finished run: nothing to train or rewrite
+                return finished
     log = StepLog(ctx, run.start, reporter)
     bar = Progress(progress and ctx.main, total=cfg.total_steps, initial=run.start, desc=cfg.name)
 
     window = MetricWindow()
     run.obj.train()
-    for step in range(run.start, cfg.total_steps):
-        # step: one optimisation step; a non-finite loss stops the run
-        metrics = run.step(step)
-        if not math.isfinite(run.last_loss):
-            raise PretrainDiverged(f"step {step}: loss is {run.last_loss} (last good checkpoint: {ckpt.path})")
-        window.add(metrics)
-        done = step + 1
-        bar.update({"loss": f"{run.last_loss:.4f}", "phase": run.phase} if done % 10 == 0 else None)
-        # log: window averages to metrics.jsonl and the reporter, also at the end of each phase
-        if done % tc.log_every == 0 or done in (tc.steps, cfg.total_steps):
+    done = run.start
+
+    def flush() -> None:  # an interrupt between log points logs the steps since the last one
+        if window.n:
             log(done, window.mean())
-        # checkpoint: every train.ckpt_every steps, and at the end
-        if tc.ckpt_every and done % tc.ckpt_every == 0 and done != cfg.total_steps:
-            ckpt.save(done, run.state)
-    bar.close()
+
+    try:
+        stop.check(done, cfg.total_steps, ckpt, run.state)  # a signal during the setup
+        for step in range(run.start, cfg.total_steps):
+            # step: one optimisation step; a non-finite loss stops the run
+            metrics = run.step(step)
+            if not math.isfinite(run.last_loss):
+                raise PretrainDiverged(f"step {step}: loss is {run.last_loss} (last good checkpoint: {ckpt.path})")
+            window.add(metrics)
+            done = step + 1
+            bar.update({"loss": f"{run.last_loss:.4f}", "phase": run.phase} if done % 10 == 0 else None)
+            # log: window averages to metrics.jsonl and the reporter, also at the end of each phase
+            if done % tc.log_every == 0 or done in (tc.steps, cfg.total_steps):
+                log(done, window.mean())
+            # checkpoint: every train.ckpt_every steps, at the end, and after SIGINT / SIGTERM
+            if tc.ckpt_every and done % tc.ckpt_every == 0 and done != cfg.total_steps:
+                ckpt.save(done, run.state)
+            if done != cfg.total_steps:
+                stop.check(done, cfg.total_steps, ckpt, run.state, flush)
+    finally:
+        bar.close()
     ckpt.save(cfg.total_steps, run.state)
+    stop.check(cfg.total_steps, cfg.total_steps, ckpt, run.state)  # a signal in the last step: stop before the probe
 
     # finish: probe, encoder artifact, summary.json (rank 0)
     summary = run.finish(evaluate)

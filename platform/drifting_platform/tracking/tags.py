@@ -10,7 +10,9 @@ Artifacts a run used (``artifact_tags``, from its summary.json): ``drifting.mode
 ``drifting.encoder_sha256`` for the encoder (a registry source as its pinned version).
 
 The encoder registry: ``drifting.config_hash`` (how sweeps find a reusable version) and
-``drifting.registered_model`` (the version a pre-training run registered).
+``drifting.registered_model`` (the version a pre-training run registered); a pre-training run
+also has ``drifting.run_dir`` and, once finished, ``drifting.weights_sha256`` (also on its
+model version: the same weights are never registered twice).
 """
 from __future__ import annotations
 
@@ -38,6 +40,8 @@ TAG_ENCODER_VERSION = "drifting.encoder_version"
 
 TAG_CONFIG_HASH = "drifting.config_hash"
 TAG_REGISTERED = "drifting.registered_model"
+TAG_RUN_DIR = "drifting.run_dir"  # a pre-training run's directory: a rerun continues its MLflow run
+TAG_WEIGHTS_SHA = "drifting.weights_sha256"  # the sha256 of encoder/weights.pt (run and model version)
 
 
 def artifact_tags(summary: Optional[Mapping[str, Any]]) -> dict[str, str]:

@@ -8,6 +8,8 @@
     window = MetricWindow()                    # per-step metrics -> averages per log point
     bar = Progress(enabled, total=..., initial=..., desc=...)
     write_summary(ctx, summary)                # out/summary.json, atomically (rank 0)
+    with StopSignals(enabled=ctx.world == 1) as stop:  # a SIGINT / SIGTERM sets stop.signum
+        stop.check(done, total, ckpt, state_at)     # at a step boundary: checkpoint, raise
 
 plus the EMA of the generator's weights, the learning-rate schedule `lr_factor` and
 `StepRNG`, the per-step random generator. Nothing here imports Ray or MLflow; file names come
@@ -19,6 +21,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,6 +168,89 @@ class Checkpointer:
                 save_checkpoint({**state, "diverged": True}, self.ctx.out / rundir.DIVERGED)
             except OSError:
                 pass
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT / SIGTERM stopped a run at a step boundary. `step` is where it stopped and
+    `checkpoint` the checkpoint a rerun of the same command continues from (None: there is
+    none, a rerun starts at step 0); `checkpoint_step` its step (it lags `step` when the
+    workers could not write one at the interrupt: Ray Train). The CLI prints the resume
+    command and exits with `exit_code` (128 + the signal: 130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, step: int, total: int, checkpoint: Optional[Path], signum: int, *, checkpoint_step: Optional[int] = None, note: str = ""):
+        self.step, self.total, self.signum = int(step), int(total), int(signum)
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.checkpoint_step = int(step) if checkpoint_step is None and checkpoint is not None else checkpoint_step
+        self.note = note
+        super().__init__(self.describe())
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    def describe(self) -> str:
+        """"interrupted at step 137 of 400; checkpoint in runs/x/checkpoint.pt" and the like."""
+        text = f"interrupted ({self.signal_name}) at step {self.step} of {self.total}"
+        if self.checkpoint is None:
+            text += "; no checkpoint yet (a rerun starts at step 0)"
+        elif self.checkpoint_step is not None and self.checkpoint_step != self.step:
+            text += f"; checkpoint of step {self.checkpoint_step} in {self.checkpoint}"
+        else:
+            text += f"; checkpoint in {self.checkpoint}"
+        return text + (f" ({self.note})" if self.note else "")
+
+
+class StopSignals:
+    """While active (a context manager), the first SIGINT or SIGTERM only records itself
+    (`signum`): the loop stops at its next step boundary (`check`). A second one raises
+    KeyboardInterrupt at once (a hard abort; checkpoint writes are atomic). The previous
+    handlers come back on exit. Inert outside the main thread (Ray Train and Tune run loops
+    in threads: their drivers own the signals) and when `enabled` is False."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, enabled: bool = True, *, announce: str = "stopping at the end of this step"):
+        self.enabled = enabled
+        self.announce = announce
+        self.signum: Optional[int] = None
+        self._previous: dict = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def _handler(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: aborted")
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name} received: {self.announce} (again to abort at once)", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "StopSignals":
+        if self.enabled and threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def check(self, step: int, total: int, ckpt: "Checkpointer", state_at: Callable[[int], dict], flush: Optional[Callable[[], None]] = None) -> None:
+        """At a step boundary (`step` steps done): after a signal, `flush` (the partial log
+        window), write the checkpoint of `step` (unless it is on disk already) and raise
+        TrainingInterrupted; otherwise nothing."""
+        if self.signum is None:
+            return
+        if flush is not None:
+            flush()
+        if step > 0 and ckpt.last_step != step:
+            ckpt.save(step, state_at)
+        raise TrainingInterrupted(step, total, ckpt.path if ckpt.last_step is not None else None, self.signum)
 
 
 class JsonlLog:

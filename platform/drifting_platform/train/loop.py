@@ -39,7 +39,10 @@ from ..release import ReleaseError, load_release
 from . import distributed as D
 from .evaluate import QuickEval, evaluate_run
 from .feature_bank import lookup, prepare_feature_bank
-from .kit import EMA, Checkpointer, CheckpointHook, MetricWindow, Progress, Reporter, RunContext, StepLog, StepRNG, lr_factor, timing_summary, write_summary
+from .kit import (
+    EMA, Checkpointer, CheckpointHook, MetricWindow, Progress, Reporter, RunContext, StepLog, StepRNG, StopSignals, lr_factor,
+    timing_summary, write_summary,
+)
 from .objective import group_drift_loss, spread_ratio
 
 # config sections that define what a checkpoint's weights mean; a resumed run must match
@@ -258,7 +261,16 @@ def training_loop(
     evaluate: bool = True,  # final metrics, samples.npz, grid and summary.json
     checkpoint_hook: Optional[CheckpointHook] = None,  # after each checkpoint
 ) -> dict:
-    """Train the generator of `cfg`; returns (and writes, on rank 0) the summary."""
+    """Train the generator of `cfg`; returns (and writes, on rank 0) the summary.
+
+    SIGINT / SIGTERM (in the main thread of a one-process run) stop it at the next step
+    boundary: the metrics of the steps since the last log point are logged, checkpoint.pt
+    is written at that step and `TrainingInterrupted` is raised; a rerun resumes there."""
+    with StopSignals(enabled=D.get_world_size() == 1) as stop:
+        return _train(cfg, out_dir, stop, reporter=reporter, resume=resume, progress=progress, evaluate=evaluate, checkpoint_hook=checkpoint_hook)
+
+
+def _train(cfg: Config, out_dir, stop: StopSignals, *, reporter, resume, progress, evaluate, checkpoint_hook) -> dict:
     tc = cfg.train
     # setup: the process, then data, encoder, generator, sampler, optimiser, EMA
     ctx = RunContext.start(out_dir, device=tc.device, threads=tc.threads)
@@ -276,32 +288,44 @@ def training_loop(
     window = MetricWindow()
     first_step_seconds = None  # setup (data, encoder, bank, model) + one step
     run.generator.train()
-    for step in range(run.start_step, tc.steps):
-        # step: one optimisation step; a non-finite metric stops the run
-        metrics = run.step(step)
-        bad = [k for k, v in metrics.items() if not math.isfinite(v)]
-        if bad:
-            ckpt.save_diverged(run.state(step))
-            raise TrainingDiverged(f"step {step}: {bad[0]} is {metrics[bad[0]]} (run stopped; last good checkpoint kept at {ckpt.path})")
-        window.add(metrics)
-        done = step + 1
-        if first_step_seconds is None:
-            first_step_seconds = ctx.elapsed()
-        last = done == tc.steps
-        bar.update({"loss": f"{metrics['loss']:.4f}", "spread": f"{metrics['spread_ratio']:.2f}"} if done % 10 == 0 or last else None)
-        # log: window averages (+ the quick evaluation) to metrics.jsonl and the reporter
-        if done % tc.log_every == 0 or last:
-            avg = window.mean(lr=run.opt.param_groups[0]["lr"])
-            # the last step's quick evaluation is left to the final one (no fid logged twice)
-            if quick is not None and done % tc.eval_every == 0 and not (evaluate and last):
-                avg.update(quick(run.ema.model))
-                window.restart_clock()
-            log(done, avg)
-        # checkpoint: every train.ckpt_every steps, and at the end
-        if tc.ckpt_every and done % tc.ckpt_every == 0 and not last:
-            ckpt.save(done, run.state)
-    bar.close()
+    done = run.start_step
+
+    def flush() -> None:  # an interrupt between log points logs the steps since the last one
+        if window.n:
+            log(done, window.mean(lr=run.opt.param_groups[0]["lr"]))
+
+    try:
+        stop.check(done, tc.steps, ckpt, run.state)  # a signal during the setup
+        for step in range(run.start_step, tc.steps):
+            # step: one optimisation step; a non-finite metric stops the run
+            metrics = run.step(step)
+            bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+            if bad:
+                ckpt.save_diverged(run.state(step))
+                raise TrainingDiverged(f"step {step}: {bad[0]} is {metrics[bad[0]]} (run stopped; last good checkpoint kept at {ckpt.path})")
+            window.add(metrics)
+            done = step + 1
+            if first_step_seconds is None:
+                first_step_seconds = ctx.elapsed()
+            last = done == tc.steps
+            bar.update({"loss": f"{metrics['loss']:.4f}", "spread": f"{metrics['spread_ratio']:.2f}"} if done % 10 == 0 or last else None)
+            # log: window averages (+ the quick evaluation) to metrics.jsonl and the reporter
+            if done % tc.log_every == 0 or last:
+                avg = window.mean(lr=run.opt.param_groups[0]["lr"])
+                # the last step's quick evaluation is left to the final one (no fid logged twice)
+                if quick is not None and done % tc.eval_every == 0 and not (evaluate and last):
+                    avg.update(quick(run.ema.model))
+                    window.restart_clock()
+                log(done, avg)
+            # checkpoint: every train.ckpt_every steps, at the end, and after SIGINT / SIGTERM
+            if tc.ckpt_every and done % tc.ckpt_every == 0 and not last:
+                ckpt.save(done, run.state)
+            if not last:
+                stop.check(done, tc.steps, ckpt, run.state, flush)
+    finally:
+        bar.close()
     ckpt.save(tc.steps, run.state)
+    stop.check(tc.steps, tc.steps, ckpt, run.state)  # a signal in the last step: stop before the evaluation
 
     # finish: the final evaluation and summary.json (rank 0)
     summary = run.summary(first_step_seconds)
