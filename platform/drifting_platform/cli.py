@@ -495,7 +495,13 @@ def config_show(config: str, preset: str | None, overrides: tuple[str, ...], no_
     as `train` checks them)."""
     import yaml
 
-    cfg = _preflight(_load(config, preset, overrides), machine=not no_machine_check)
+    cfg = _preflight(_load(config, preset, overrides), machine=False)  # registry names, ranges
+    if not no_machine_check:  # files and devices of this machine
+        try:
+            _preflight(cfg)
+        except click.ClickException as exc:
+            exc.message += " (--no-machine-check shows the config without checking this machine)"
+            raise
     click.echo(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     click.echo(f"# presets: {', '.join(preset_names(resolve_config_path(config)))}")
 
