@@ -309,3 +309,32 @@ def test_import_registers_the_encoder_source_resolvers():
     from drifting_platform import encoder_artifact as A
 
     assert A._RESOLVERS["models:/"] is T.download_encoder and A._RESOLVERS["runs:/"] is T.download_encoder
+
+
+def test_downloading_a_registered_encoder_prints_no_progress_bar(isolated_home, tmp_path, monkeypatch, capfd):
+    """A sweep's every trial may fetch its pinned encoder: no "Downloading artifacts" bars."""
+    import json
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    from drifting_platform.encoder_artifact import META_FILE
+    from drifting_platform.tracking.registry import download_encoder
+
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    src = tmp_path / "enc"
+    src.mkdir()
+    (src / META_FILE).write_text(json.dumps({"name": "probe"}))
+    (src / "weights.bin").write_bytes(os.urandom(1 << 16))
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(src), "encoder")
+    client = MlflowClient(uri)
+    client.create_registered_model("probe")
+    client.create_model_version("probe", source=f"runs:/{run.info.run_id}/encoder", run_id=run.info.run_id)
+    capfd.readouterr()
+    got = download_encoder("models:/probe/1", uri=uri)
+    out, err = capfd.readouterr()
+    assert (got / "weights.bin").read_bytes() == (src / "weights.bin").read_bytes()
+    assert "Downloading artifacts" not in out + err

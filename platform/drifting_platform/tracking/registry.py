@@ -243,6 +243,8 @@ def download_encoder(source: str, *, uri: Optional[str] = None) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".dl-", dir=dest.parent))
     try:
+        # no "Downloading artifacts" bar: a sweep's every trial may come here (once per version)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         with_retry(download_artifacts, artifact_uri=artifact, dst_path=str(tmp), tracking_uri=uri)
         got = artifact_folder(tmp)
         if got is None:
