@@ -170,3 +170,25 @@ def test_resume_command_is_the_argv_plus_resume():
     cmd = shlex.split(resume_command(["experiments/ablate_antisymmetry.py", "--preset", "smoke"], script=True))
     assert cmd[1:] == ["experiments/ablate_antisymmetry.py", "--preset", "smoke", "--resume"]
     assert os.path.realpath(shutil.which(cmd[0]) or cmd[0]) == os.path.realpath(sys.executable)
+
+
+def test_trial_processes_drop_only_exit_tracebacks_from_gc_callbacks():
+    """Ray's SIGTERM at shutdown raises SystemExit; inside a GC callback Python prints it as
+    'Exception ignored' (forwarded to the sweep's console). Trial processes drop exactly those."""
+    code = (
+        "import weakref, gc\n"
+        "from drifting_platform.launch.trial import quiet_exit_in_gc\n"
+        "quiet_exit_in_gc()\n"
+        "class A: pass\n"
+        "def cb(_):\n    raise SystemExit(1)\n"
+        "def bad(_):\n    raise ValueError('a real bug')\n"
+        "a, b = A(), A()\n"
+        "ra, rb = weakref.ref(a, cb), weakref.ref(b, bad)\n"
+        "del a, b\n"
+        "gc.collect()\n"
+        "print('alive')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "alive" in out.stdout
+    assert "SystemExit" not in out.stderr
+    assert "ValueError: a real bug" in out.stderr

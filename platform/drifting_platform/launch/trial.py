@@ -20,6 +20,7 @@ attribute) and a final result with the summary (fid / kid, or mmd ...) and `fina
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -149,8 +150,26 @@ def tune_trial_names(ctx: SweepContext):
     return name, dirname
 
 
+def quiet_exit_in_gc() -> None:
+    """Ray ends a trial process at shutdown with SIGTERM, whose handler raises SystemExit; when
+    that lands in a garbage-collector callback, Python prints it as an "Exception ignored"
+    traceback that Ray forwards to the driver's console. Such an exit is not an error:
+    drop it (every other unraisable exception is printed as before)."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_drifting_quiet", False):
+        return
+
+    def hook(args) -> None:
+        if not isinstance(args.exc_value, SystemExit):
+            previous(args)
+
+    hook._drifting_quiet = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 def run_trial(config: dict, ctx: SweepContext) -> None:
     """The Tune trainable: train one trial's config in its directory, report to Tune."""
+    quiet_exit_in_gc()
     # a pinned encoder downloaded from the registry in this process: no progress bars
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     trial, tdir = ctx.describe(config)
