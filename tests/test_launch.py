@@ -134,6 +134,27 @@ def _write(tmp_path, body: str) -> Path:
     return p
 
 
+def test_files_and_devices_are_checked_where_the_sweep_runs(tmp_path, monkeypatch):
+    """Registry names fail in load_sweep anywhere; this machine's files and devices fail in
+    check_machine (run_sweep's first step) unless a Ray cluster runs the trials."""
+    from drifting_platform.launch.spec import check_machine
+
+    for var in ("RAY_ADDRESS", "RAY_JOB_ID", "RAY_JOB_SUBMISSION_ID"):
+        monkeypatch.delenv(var, raising=False)
+    missing = tmp_path / "no-shards"
+    path = _write(tmp_path, f"""
+        name: machine
+        rows:
+          - {{name: ok, set: {{}}}}
+          - {{name: far, set: {{data.name: shards, data.path: {missing}, data.size: null}}}}
+        """)
+    spec = load_sweep(path)  # a cluster preset whose data lives on the nodes loads here
+    with pytest.raises(SweepError, match=r"rows\[1\]\.set: trial 'far': data\.path: .*no-shards"):
+        check_machine(spec)
+    monkeypatch.setenv("RAY_ADDRESS", "auto")
+    check_machine(spec)  # the cluster's nodes have the files
+
+
 BAD = {
     "unknown_top": ("rows: [{name: a, set: {}}]\nbogus: 1\n", "bogus"),
     "bad_space_kind": ("space:\n  train.lr: {normal: [0, 1]}\n", "space.train.lr.normal"),

@@ -25,7 +25,7 @@ import yaml
 
 from .. import config as C
 from .. import rundir
-from ..preflight import in_ray_cluster_context, preflight
+from ..preflight import preflight
 
 if TYPE_CHECKING:
     from .spec import SweepSpec
@@ -129,12 +129,13 @@ def result_metrics(result: dict) -> dict[str, float]:
     return rundir.numeric({k: v for k, v in result.items() if k not in TUNE_KEYS})
 
 
-def first_bad_trial(spec: "SweepSpec") -> Optional[tuple[str, str]]:
+def first_bad_trial(spec: "SweepSpec", *, machine: bool = False) -> Optional[tuple[str, str]]:
     """(key path, message) of the first trial whose config does not validate, or None.
 
     Grid / rows: every planned trial. Optuna: every choice and both ends of every range,
-    each with the rest of the point at its first value. Each passes `preflight` too
-    (registry names, local paths; CUDA unless a Ray cluster runs the trials)."""
+    each with the rest of the point at its first value. Each passes `preflight` too: its
+    registry names always; with `machine`, this machine's files and devices as well (what a
+    sweep that runs here needs; a Ray cluster's nodes have data and devices of their own)."""
     probes = []  # (where, where of a worker-split error, message prefix, params)
     for t in spec.trials:
         where = f"rows[{t.index}]" if spec.rows is not None else "space"
@@ -146,11 +147,9 @@ def first_bad_trial(spec: "SweepSpec") -> Optional[tuple[str, str]]:
             ends = values if kind == "choice" else ([values[0], values[1] - 1] if kind == "randint" else values)
             probes += [(f"space.{path}.{kind}", f"space.{path}", f"value {v!r}", {**first, path: v}) for v in ends]
     workers = spec.resources.workers
-    # registry names and paths as the driver sees them; CUDA is the cluster nodes' business
-    on_cluster = in_ray_cluster_context()
     for where, split_where, what, params in probes:
         try:
-            cfg = preflight(build_trial_config(spec, params), device=not on_cluster)
+            cfg = preflight(build_trial_config(spec, params), paths=machine, device=machine)
         except C.ConfigError as exc:
             return where, f"{what}: {exc}"
         if cfg.sampling.n_classes % workers:

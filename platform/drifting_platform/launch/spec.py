@@ -419,7 +419,20 @@ def load_sweep(path: str | Path, *, preset: Optional[str] = None, overrides: tup
         trials=plan_trials(space, rows) if search == "grid" else (),
         encoders={k: v for k, v in encoders.items() if any(r.encoder == k for r in rows or ())},
     )
-    bad = first_bad_trial(spec)
+    bad = first_bad_trial(spec)  # registry names and ranges of every trial
     if bad is not None:
         raise _err(*bad, file)
     return spec
+
+
+def check_machine(spec: SweepSpec) -> None:
+    """SweepError unless every trial can run on this machine: its local files (shards,
+    weights, data roots) and devices (CUDA). A sweep that runs on a Ray cluster (a Ray job,
+    RAY_ADDRESS) skips this: the nodes have data and devices of their own."""
+    from ..preflight import in_ray_cluster_context
+
+    if in_ray_cluster_context():
+        return
+    bad = first_bad_trial(spec, machine=True)
+    if bad is not None:
+        raise _err(*bad, spec.path)

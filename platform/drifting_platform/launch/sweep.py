@@ -51,7 +51,7 @@ from ..home import sweeps_root
 from ..rerun import rerun_command
 from ..tracking import SweepTracker, check_tracking_store
 from .points import result_metrics, slug
-from .spec import Metric, SweepSpec, load_sweep
+from .spec import Metric, SweepSpec, check_machine, load_sweep
 
 if TYPE_CHECKING:
     from .callback import SweepTracking, TrackingCallback
@@ -251,6 +251,7 @@ def run_sweep(
     """Validate the sweep file, then run it on Ray Tune; returns every trial's outcome.
     Raises `SweepInterrupted` on SIGINT / SIGTERM (the runs KILLED, nothing gathered)."""
     spec = load_sweep(path, preset=preset, overrides=overrides)  # raises before Ray starts
+    check_machine(spec)  # this machine's files and devices, unless a Ray cluster runs it
     preset_label = preset or (spec.preset or "default")
     sweep_name, sweep_dir = sweep_dir_for(spec, out_root, resume, preset_label)
     if resume:
