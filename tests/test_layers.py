@@ -19,7 +19,7 @@ ROOT = REPO / "platform" / PKG
 
 # a module may import modules of its own rank or below, never above
 LAYERS = {
-    0: ("config", "rundir", "home", "storage", "encoder_artifact", "rerun"),
+    0: ("config", "rundir", "home", "storage", "encoder_artifact", "rerun", "signals"),
     1: ("drift", "eval", "sampling"),
     2: ("models", "data"),
     # release: the authors' artifacts read into models/ networks; preflight: a config's

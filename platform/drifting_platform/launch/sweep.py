@@ -40,7 +40,6 @@ import math
 import os
 import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +49,7 @@ from .. import rundir
 from ..home import sweeps_root
 from ..rerun import rerun_command
 from ..tracking import SweepTracker, check_tracking_store
+from ..signals import SignalScope
 from .points import result_metrics, slug
 from .spec import Metric, SweepSpec, check_machine, load_sweep
 
@@ -180,39 +180,18 @@ class _Interrupt(BaseException):
         self.signum = signum
 
 
-class Interrupts:
+class Interrupts(SignalScope):
     """SIGINT and SIGTERM while a sweep runs. Inside `Tuner.fit` the first one stops the
     experiment through Tune's own stop handler (Tune's SIGINT handler is disabled, its
     SIGUSR1 handler is the same function); elsewhere, or a second time, `_Interrupt` is
-    raised. `signum` says which signal came (None: none)."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    raised. `signum` says which signal came (None: none); `arm()` again after `ray.init`,
+    which installs its own SIGTERM handler."""
 
     def __init__(self):
-        self.signum: Optional[int] = None
+        super().__init__()
         self.in_fit = False  # inside Tuner.fit (set by _tune_signal_handling)
-        self._old: dict = {}
 
-    @property
-    def installed(self) -> bool:
-        return bool(self._old)
-
-    def __enter__(self) -> "Interrupts":
-        self.arm()
-        return self
-
-    def arm(self) -> None:
-        """(Re)install the handlers: `ray.init` installs its own SIGTERM handler."""
-        if threading.current_thread() is threading.main_thread():  # signal.signal works there only
-            for sig in self.SIGNALS:
-                old = signal.signal(sig, self._handle)
-                self._old.setdefault(sig, old)
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-    def _handle(self, signum: int, frame) -> None:
+    def _handler(self, signum: int, frame) -> None:
         first = self.signum is None
         if first:
             self.signum = signum

@@ -22,8 +22,6 @@ import copy
 import json
 import math
 import signal
-import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import rundir
+from ..signals import SignalScope
 from . import distributed as D
 from .checkpoint import CheckpointError, CheckpointWriteError, load_checkpoint, save_checkpoint
 
@@ -204,41 +203,12 @@ class TrainingInterrupted(RuntimeError):
         return text + (f" ({self.note})" if self.note else "")
 
 
-class StopSignals:
+class StopSignals(SignalScope):
     """While active (a context manager), the first SIGINT or SIGTERM only records itself
     (`signum`): the loop stops at its next step boundary (`check`). A second one raises
     KeyboardInterrupt at once (a hard abort; checkpoint writes are atomic). The previous
     handlers come back on exit. Inert outside the main thread (Ray Train and Tune run loops
     in threads: their drivers own the signals) and when `enabled` is False."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, enabled: bool = True, *, announce: str = "stopping at the end of this step"):
-        self.enabled = enabled
-        self.announce = announce
-        self.signum: Optional[int] = None
-        self._previous: dict = {}
-
-    @property
-    def requested(self) -> bool:
-        return self.signum is not None
-
-    def _handler(self, signum, frame) -> None:
-        if self.signum is not None:
-            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: aborted")
-        self.signum = signum
-        print(f"\n{signal.Signals(signum).name} received: {self.announce} (again to abort at once)", file=sys.stderr, flush=True)
-
-    def __enter__(self) -> "StopSignals":
-        if self.enabled and threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
-        self._previous = {}
 
     def check(self, step: int, total: int, ckpt: "Checkpointer", state_at: Callable[[int], dict], flush: Optional[Callable[[], None]] = None) -> None:
         """At a step boundary (`step` steps done): after a signal, `flush` (the partial log
