@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO
+from helpers import REPO, free_port
 
 BIN = Path(sys.executable).parent
 VENV = BIN.parent
@@ -30,12 +30,6 @@ VENV = BIN.parent
 pytestmark = pytest.mark.slow
 
 README_PORTS = ("6390", "8275", "52375", "20001")  # --port, --dashboard-port, agent, client server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def listening(port: int) -> bool:
