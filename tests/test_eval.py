@@ -233,9 +233,9 @@ def test_image_metrics_through_torch_fidelity(digits_model, digits_all):
     x, _ = digits_all
     p = np.random.RandomState(0).permutation(len(x))
     a, b = x[p[:800]], x[p[800:1600]]
-    real = image_metrics(a, b, kid_subsets=20, kid_subset_size=400)
-    noise = image_metrics(np.random.RandomState(1).rand(800, 1, 8, 8).astype(np.float32), b, kid_subsets=20, kid_subset_size=400)
-    assert set(real) == {"fid", "kid", "kid_std"}
+    real = image_metrics(a, b, kid_subsets=20, kid_subset_size=400, extractor="digits")
+    noise = image_metrics(np.random.RandomState(1).rand(800, 1, 8, 8).astype(np.float32), b, kid_subsets=20, kid_subset_size=400, extractor="digits")
+    assert set(real) == {"fid", "kid", "kid_std", "precision", "recall", "density", "coverage"}
     assert real["fid"] < 0.05 * noise["fid"] and noise["fid"] > 50
     assert abs(real["kid"]) < 0.05 * noise["kid"]
 
@@ -248,14 +248,14 @@ def test_image_metrics_through_torch_fidelity(digits_model, digits_all):
     assert real["kid"] == pytest.approx(kid, rel=1e-3, abs=1e-3)
 
     # 3-channel and larger inputs work (grayscale images as RGB give the same numbers)
-    rgb = image_metrics(np.repeat(a[:200], 3, 1), b[:200], kid_subsets=5, kid_subset_size=100)
-    gray = image_metrics(a[:200], b[:200], kid_subsets=5, kid_subset_size=100)
+    rgb = image_metrics(np.repeat(a[:200], 3, 1), b[:200], kid_subsets=5, kid_subset_size=100, extractor="digits")
+    gray = image_metrics(a[:200], b[:200], kid_subsets=5, kid_subset_size=100, extractor="digits")
     assert rgb["fid"] == pytest.approx(gray["fid"], rel=1e-6)
     up = F.interpolate(torch.from_numpy(a[:200]), size=(32, 32), mode="bilinear", align_corners=False)
-    assert np.isfinite(image_metrics(up, b[:200], kid_subsets=5, kid_subset_size=100)["fid"])
+    assert np.isfinite(image_metrics(up, b[:200], kid_subsets=5, kid_subset_size=100, extractor="digits")["fid"])
     # a tiny eval (8 samples) still gives numbers
-    assert np.isfinite(image_metrics(a[:8], b[:8])["kid"])
-    assert all(np.isnan(v) for v in image_metrics(a[:1], b[:8]).values())
+    assert np.isfinite(image_metrics(a[:8], b[:8], extractor="digits")["kid"])
+    assert all(np.isnan(v) for v in image_metrics(a[:1], b[:8], extractor="digits").values())
 
 
 def test_reference_statistics_are_cached(digits_model, digits_all, cache_dir, monkeypatch):
@@ -273,7 +273,7 @@ def test_reference_statistics_are_cached(digits_model, digits_all, cache_dir, mo
         return original(self, images)
 
     monkeypatch.setattr(fidelity.DigitsFeatureExtractor, "forward", counting_forward)
-    kw = dict(kid_subsets=10, kid_subset_size=200, batch_size=100, reference_name="digits")
+    kw = dict(kid_subsets=10, kid_subset_size=200, batch_size=100, reference_name="digits", extractor="digits")
     root = cache_dir / "fidelity"
     cold = fidelity.image_metrics(samples, ref, **kw)
     assert sum(seen) == 300 + 600  # samples and reference
@@ -348,3 +348,40 @@ def test_diversity_detects_collapse():
     assert diversity_ratio(collapsed, labels) < 1e-6
     xte, yte = clf.digits_arrays("test")
     assert 0.8 < diversity_ratio(xte, yte) < 1.2
+
+
+# ----------------------------------------------------------------------------- k-NN manifolds
+
+
+def test_precision_recall_match_torch_fidelity_and_see_collapse():
+    from torch_fidelity.metric_prc import calculate_precision_recall_full
+
+    from drifting_platform.eval.metrics import precision_recall
+
+    rng = np.random.RandomState(0)
+    real = rng.randn(300, 8)
+    gen = rng.randn(250, 8) * 0.9 + 0.2
+    p, r = precision_recall(gen, real, k=3)
+    tp, tr = calculate_precision_recall_full(torch.from_numpy(gen).float(), torch.from_numpy(real).float(), 3)
+    assert p == pytest.approx(tp, abs=1e-6) and r == pytest.approx(tr, abs=1e-6)
+    collapsed = real[:5][rng.randint(0, 5, 250)] + 0.01 * rng.randn(250, 8)  # 5 real points, repeated
+    pc, rc = precision_recall(collapsed, real, k=3)
+    assert pc > 0.9 and rc < 0.1  # faithful but not diverse
+
+
+def test_density_coverage_match_a_direct_computation():
+    from drifting_platform.eval.metrics import density_coverage
+
+    rng = np.random.RandomState(1)
+    real, gen, k = rng.randn(120, 5), rng.randn(90, 5) + 0.3, 5
+    d_rr = np.sqrt(((real[:, None] - real[None]) ** 2).sum(-1))
+    radius = np.sort(d_rr, axis=1)[:, k]  # column 0 is the point itself
+    d_gr = np.sqrt(((gen[:, None] - real[None]) ** 2).sum(-1))
+    density = (d_gr <= radius[None]).sum() / (k * len(gen))
+    coverage = (d_gr.min(axis=0) <= radius).mean()
+    d, c = density_coverage(gen, real, k=k)
+    assert d == pytest.approx(density, rel=1e-12) and c == pytest.approx(coverage, rel=1e-12)
+    same_d, same_c = density_coverage(real[:60], real[60:], k=k)
+    assert 0.5 < same_d < 1.6 and same_c > 0.5
+    far_d, far_c = density_coverage(gen + 50.0, real, k=k)
+    assert far_d == 0.0 and far_c == 0.0

@@ -141,9 +141,15 @@ class TrainConfig:
 class EvalConfig:
     num_samples: int = 2000  # generated samples for the final metrics
     cfg_scale: float = 1.0  # alpha used for the final metrics and sample grid
-    extractor: Literal["digits", "inception"] = "digits"  # image feature extractor for FID
+    # image feature extractor for FID / KID / precision-recall / density-coverage: digits-div
+    # (digits-classifier features + 8x8 pixels: sees fidelity and within-class diversity; also
+    # logs the classifier FID as fid_classifier), digits (the classifier alone), inception
+    extractor: Literal["digits-div", "digits", "inception"] = "digits-div"
     inception_weights: Optional[str] = None  # local Inception weights file (never downloaded)
     batch_size: int = 500
+    # CFG scales at which FID and precision / recall are also measured at the end of a run
+    # (alpha_<a>/fid, ...; the CFG trade-off curve); empty = only cfg_scale
+    cfg_scales: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -320,6 +326,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"eval.cfg_scale: CFG scale alpha must be >= 1, got {e.cfg_scale}")
     if e.extractor == "inception" and not e.inception_weights:
         raise ConfigError("eval.inception_weights: the inception extractor needs a local weights file")
+    for i, a in enumerate(e.cfg_scales):
+        if not a >= 1.0:
+            raise ConfigError(f"eval.cfg_scales[{i}]: CFG scale alpha must be >= 1, got {a}")
     return cfg
 
 

@@ -1,11 +1,17 @@
-"""Evaluation: FID / KID through torch-fidelity, toy-data metrics, independent checks.
+"""Evaluation: FID / KID / precision-recall / density-coverage, toy metrics, independent checks.
 
 - `metrics`: pure functions on features / 2-D samples (`fid_from_features`,
-  `kid_from_features`, `mmd_rbf`, `modes_covered`, `high_quality_fraction`).
+  `kid_from_features`, `precision_recall`, `density_coverage`, `mmd_rbf`, `modes_covered`,
+  `high_quality_fraction`).
 - `classifier`: the platform's deterministic digits CNN (`get_digits_classifier`), cached
   under `$DRIFTING_CACHE_DIR`.
-- `fidelity`: `image_metrics(samples01, reference01, extractor="digits" | "inception")`;
-  importing it registers the "drifting-digits" torch-fidelity extractor.
+- `digits_div`: the headline features of the small data sets (`DigitsDiversityFeatures`:
+  classifier features + within-class pixel residuals), which see diversity as well as fidelity.
+- `fidelity`: `image_metrics(samples01, reference01, extractor="digits-div" | "digits" |
+  "inception")`; importing it registers the "drifting-digits-div" and "drifting-digits"
+  torch-fidelity extractors.
+- `degradations`, `validation`: controlled degradations of real digits and the metric
+  validation suite built on them (`validation_curves`).
 - `independent`: `label_accuracy` (an sklearn SVC), `per_class_diversity`, `data_diversity`.
 
 Only `metrics` is imported eagerly; the rest load on first attribute access.
@@ -18,18 +24,27 @@ from .metrics import (
     KEY_KID_STD,
     KEY_MMD,
     KEY_MODES_COVERED,
+    KEY_COVERAGE,
+    KEY_DENSITY,
+    KEY_PRECISION,
+    KEY_RECALL,
+    density_coverage,
     features_to_statistics,
     fid_from_features,
     high_quality_fraction,
     kid_from_features,
     mmd_rbf,
     modes_covered,
+    precision_recall,
     statistics_to_fid,
 )
 
 _LAZY = {
     "image_metrics": "fidelity",
     "DIGITS_EXTRACTOR": "fidelity",
+    "DIGITS_DIV_EXTRACTOR": "fidelity",
+    "DigitsDiversityFeatures": "digits_div",
+    "validation_curves": "validation",
     "get_digits_classifier": "classifier",
     "label_accuracy": "independent",
     "per_class_diversity": "independent",

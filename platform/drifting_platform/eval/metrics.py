@@ -242,3 +242,65 @@ def high_quality_fraction(samples, centers, *, radius: float | None = None) -> f
     radius = default_mode_radius(centers) if radius is None else radius
     _, dist = samples_to_nearest_center(samples, centers)
     return float((dist <= radius).mean()) if len(dist) else 0.0
+
+
+# ----------------------------------------------------------------------------- k-NN manifolds
+
+
+KEY_PRECISION = "precision"
+KEY_RECALL = "recall"
+KEY_DENSITY = "density"
+KEY_COVERAGE = "coverage"
+PRC_NEIGHBORHOOD = 3  # Kynkaanniemi et al. 2019 (and torch-fidelity's default)
+DC_NEIGHBORHOOD = 5  # Naeem et al. 2020
+
+
+def _pairwise(a: torch.Tensor, b: torch.Tensor, block: int = 4096) -> torch.Tensor:
+    """[N, M] Euclidean distances, float64, in row blocks."""
+    return torch.cat([torch.cdist(a[i : i + block], b) for i in range(0, len(a), block)]) if len(a) else a.new_zeros(0, len(b))
+
+
+def knn_radii(features, k: int) -> np.ndarray:
+    """[N] distance of each row to its k-th nearest other row (the row itself excluded)."""
+    f = torch.from_numpy(_as_2d(features))
+    if len(f) <= k:
+        raise ValueError(f"need more than k={k} samples for k-NN radii, got {len(f)}")
+    return _pairwise(f, f).kthvalue(k + 1, dim=1).values.numpy()
+
+
+def precision_recall(gen, real, *, k: int = PRC_NEIGHBORHOOD) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019) of generated features against real ones.
+
+    Each set's manifold is the union of balls around its points with radius = the distance to
+    the k-th nearest neighbour in the same set. precision = fraction of generated points inside
+    the real manifold (fidelity); recall = fraction of real points inside the generated manifold
+    (diversity: a collapsed generator covers few real points). The same computation as
+    torch-fidelity's `prc` (inclusive <=).
+    """
+    g, r = torch.from_numpy(_as_2d(gen, "gen")), torch.from_numpy(_as_2d(real, "real"))
+    if g.shape[1] != r.shape[1]:
+        raise ValueError(f"feature dims differ: {g.shape[1]} vs {r.shape[1]}")
+    rg, rr = torch.from_numpy(knn_radii(g, k)), torch.from_numpy(knn_radii(r, k))
+    d = _pairwise(g, r)  # [N_gen, N_real]
+    precision = float((d <= rr[None, :]).any(dim=1).double().mean())
+    recall = float((d.T <= rg[None, :]).any(dim=1).double().mean())
+    return precision, recall
+
+
+def density_coverage(gen, real, *, k: int = DC_NEIGHBORHOOD) -> tuple[float, float]:
+    """Density and coverage (Naeem et al. 2020) of generated features against real ones.
+
+    With r_i the distance of real point i to its k-th nearest real neighbour:
+    density = (1 / (k N_gen)) sum_j sum_i [ |g_j - x_i| <= r_i ]  (how many real balls hold a
+    generated point, ~1 for matching distributions, unbounded above, robust to real outliers);
+    coverage = fraction of real points whose ball holds at least one generated point (in [0, 1],
+    falls with mode collapse).
+    """
+    g, r = torch.from_numpy(_as_2d(gen, "gen")), torch.from_numpy(_as_2d(real, "real"))
+    if g.shape[1] != r.shape[1]:
+        raise ValueError(f"feature dims differ: {g.shape[1]} vs {r.shape[1]}")
+    rr = torch.from_numpy(knn_radii(r, k))
+    inside = _pairwise(g, r) <= rr[None, :]  # [N_gen, N_real]
+    density = float(inside.double().sum() / (k * len(g)))
+    coverage = float(inside.any(dim=0).double().mean())
+    return density, coverage

@@ -1,9 +1,15 @@
 """End-of-run evaluation: samples from the EMA generator, metrics, sample files.
 
-Image data: FID and KID against the data set through torch-fidelity with the platform's own
-feature extractor (or Inception from a local weights file); the data set's features and
-statistics are computed once and cached (`eval/fidelity.py`), so only the generated samples
-are encoded per evaluation. 2-D data: MMD against fresh data
+Image data: FID, KID, precision / recall and density / coverage against the data set through
+torch-fidelity on one extractor's features (`eval.extractor`: "digits-div" by default, the
+digits classifier's features and 8x8 pixels, which see within-class diversity; "digits", the
+classifier alone; or Inception from a local weights file); with "digits-div" the classifier
+FID is added as `fid_classifier`. The extractor's identity is recorded as `fid_extractor`
+(summary.json; MLflow tag drifting.fid_extractor), so tables never mix extractors. The data
+set's features and statistics are computed once and cached (`eval/fidelity.py`), so only the
+generated samples are encoded per evaluation. With `eval.cfg_scales`, FID and precision /
+recall are also measured at each CFG scale alpha (`alpha_<a>/fid`, `alpha_<a>/precision`,
+`alpha_<a>/recall`; `best_alpha` and `fid_best_alpha`). 2-D data: MMD against fresh data
 and the number of modes covered. Writes `samples.npz` (the format `drifting-platform sample`
 writes: `samples` float32 in output space, `labels` int64) and `samples.png`.
 """
@@ -19,6 +25,7 @@ from .. import rundir
 from ..config import Config, expand_path
 from ..data import sample_toy, toy_mode_centers
 from ..eval.classifier import get_digits_classifier
+from ..eval.digits_div import DigitsDiversityFeatures
 from ..eval.independent import diversity_ratio, label_accuracy
 from ..eval.metrics import fid_from_features, high_quality_fraction, mmd_rbf, modes_covered
 from ..sampling import balanced_labels, generate, write_grid, write_samples
@@ -43,41 +50,69 @@ def evaluate_run(cfg: Config, dataset, generator: torch.nn.Module, out: Path, *,
             metrics["high_quality_fraction"] = float(high_quality_fraction(samples, centers))
         write_grid(out / rundir.GRID, samples, labels.numpy(), reference=ref[:2000])
     elif dataset.kind == "image":
-        from ..eval.fidelity import image_metrics  # torch-fidelity, only for image data
+        from ..eval.fidelity import extractor_identity, image_metrics  # torch-fidelity, only for image data
 
         weights = expand_path(e.inception_weights, "eval.inception_weights") if e.extractor == "inception" else None
+        ref = torch.from_numpy(reference)
         # the reference statistics are cached per data set + extractor + sample count
-        m = image_metrics(torch.from_numpy(samples), torch.from_numpy(reference), extractor=e.extractor, inception_weights=weights, reference_name=dataset.name)
-        metrics.update({k: float(v) for k, v in m.items()})
+        score = lambda x01, **kw: image_metrics(torch.from_numpy(x01), ref, extractor=e.extractor, inception_weights=weights,  # noqa: E731
+                                                reference_name=dataset.name, **kw)
+        metrics.update({k: float(v) for k, v in score(samples).items()})
+        if e.extractor == "digits-div":  # the classifier's FID as a second reading
+            cls = image_metrics(torch.from_numpy(samples), ref, extractor="digits", reference_name=dataset.name, metrics=("fid",))
+            metrics["fid_classifier"] = float(cls["fid"])
+        metrics.update(cfg_curve(e.cfg_scales, lambda a: dataset.to_output(
+            generate(generator, labels, cfg_scale=a, seed=cfg.seed + 12345, batch_size=e.batch_size, device=device)), score))
         if cfg.data.name == "digits":
             # an independent check: an sklearn classifier that shares nothing with the FID
             # features reads the generated digits, and per-class spread against the data's
             metrics["label_accuracy"] = float(label_accuracy(samples, labels.numpy()))
             metrics["diversity_ratio"] = float(diversity_ratio(samples, labels.numpy()))
         write_grid(out / rundir.GRID, samples, labels.numpy())
+        metrics["fid_extractor"] = extractor_identity(e.extractor, inception_weights=weights)
     else:  # latents: no pixel-space metric without a decoder
         metrics["latent_mean_abs_diff"] = float(np.abs(samples.mean(0) - reference.mean(0)).mean())
     return metrics
 
 
+def alpha_key(alpha: float, metric: str) -> str:
+    """The metric name of `metric` at CFG scale `alpha`: alpha_1.5/fid."""
+    return f"alpha_{float(alpha):g}/{metric}"
+
+
+def cfg_curve(scales, sample_at, score) -> dict:
+    """FID and precision / recall at each CFG scale: {alpha_<a>/fid, .../precision,
+    .../recall, best_alpha, fid_best_alpha} ({} without scales). `sample_at(a)` gives
+    samples in output space, `score(x, metrics=...)` their image metrics."""
+    out: dict = {}
+    for a in scales:
+        m = score(sample_at(a), metrics=("fid", "prc"))
+        out.update({alpha_key(a, k): float(v) for k, v in m.items()})
+    fids = {a: out[alpha_key(a, "fid")] for a in scales if np.isfinite(out[alpha_key(a, "fid")])}
+    if fids:
+        best = min(fids, key=fids.get)
+        out.update(best_alpha=float(best), fid_best_alpha=fids[best])
+    return out
+
+
 class QuickEval:
     """A cheap in-training metric of the EMA generator, comparable across trials.
 
-    Image data with the digits extractor: FID on the platform's digits-classifier features
-    (the same features as the final FID, computed directly on `n` samples, so a little
-    higher than the final number); 2-D data: MMD against fresh draws. Data features are
-    computed once. Returns {} for data it cannot score (latents).
+    Image data with a digits extractor ("digits-div" or "digits"): FID on the same features
+    as the final FID, computed directly on `n` samples (so a little higher than the final
+    number); 2-D data: MMD against fresh draws. Data features are computed once. Returns {}
+    for data it cannot score (latents, Inception).
     """
 
     def __init__(self, cfg: Config, dataset, *, n: int, device="cpu"):
         self.cfg, self.dataset, self.n, self.device = cfg, dataset, n, device
         self.labels = balanced_labels(n, dataset.num_classes)
         self.kind = None
-        if dataset.kind == "image" and cfg.eval.extractor == "digits" and dataset.shape[0] in (1, 3):
+        if dataset.kind == "image" and cfg.eval.extractor in ("digits", "digits-div") and dataset.shape[0] in (1, 3):
             self.kind = "fid"
-            self.net = get_digits_classifier()
+            self.features = DigitsDiversityFeatures() if cfg.eval.extractor == "digits-div" else get_digits_classifier().features
             with torch.no_grad():
-                self.ref = self.net.features(torch.from_numpy(dataset.to_output(dataset.x)))
+                self.ref = self.features(torch.from_numpy(dataset.to_output(dataset.x)))
         elif dataset.kind == "toy":
             self.kind = "mmd"
             self.ref = torch.from_numpy(sample_toy(dataset.name, n=max(n, 1000), seed=cfg.seed + 999))
@@ -89,5 +124,5 @@ class QuickEval:
         out = torch.from_numpy(self.dataset.to_output(x))
         if self.kind == "fid":
             with torch.no_grad():
-                return {"fid": float(fid_from_features(self.net.features(out).numpy(), self.ref.numpy()))}
+                return {"fid": float(fid_from_features(self.features(out).numpy(), self.ref.numpy()))}
         return {"mmd": float(mmd_rbf(out, self.ref))}
