@@ -196,7 +196,7 @@ def test_run_sweep_rejects_bad_trial_before_ray(tmp_path, ray_down):
     assert not (tmp_path / "s").exists()
 
 
-@pytest.mark.parametrize("name", ["antisymmetry", "encoder", "temperature", "allocation", "cfg_gamma", "hpo"])
+@pytest.mark.parametrize("name", ["antisymmetry", "encoder", "temperature", "allocation", "cfg_gamma", "hpo", "normalization", "multiscale"])
 @pytest.mark.parametrize("preset", ["smoke", "local"])
 def test_shipped_sweep_files_validate(name, preset):
     spec = load_sweep(REPO / "experiments" / f"{name}.yaml", preset=preset)
@@ -211,6 +211,19 @@ def test_shipped_sweep_files_validate(name, preset):
     if name == "hpo":
         assert spec.search == "optuna" and spec.scheduler.name == "asha"
         assert spec.num_samples == (2 if preset == "smoke" else 16)
+    if name in ("normalization", "multiscale"):
+        from drifting_platform.reports import match_paper_label
+
+        # every row is the paper's row of the same name in `drifting-platform report`
+        assert [match_paper_label(spec.name, t.label) for t in spec.trials] == [t.label for t in spec.trials]
+        assert spec.trial_config(spec.trials[0].params).train.steps == (6 if preset == "smoke" else 700)
+    if name == "normalization":
+        assert [t.label for t in spec.trials] == ["softmax x,y", "softmax y", "none"]
+        assert [spec.trial_config(t.params).drift.normalization for t in spec.trials] == ["xy", "y", "none"]
+    if name == "multiscale":
+        assert [t.label for t in spec.trials] == ["a-b", "a-c", "a-d"]
+        scales = [spec.trial_config(t.params).drift.feature_scales for t in spec.trials]
+        assert scales == [("loc", "global"), ("loc", "global", "patch2"), ("loc", "global", "patch2", "patch4")]
 
 
 def test_cli_preset_and_overrides(tmp_path):

@@ -74,6 +74,11 @@ LEARNED_ENCODERS = ("learned", "simclr", "moco", "mae")
 OPTIONAL_SOURCE_ENCODERS = ("release_mae",)
 
 
+# the scales of the multi-scale feature sets (paper App. A.5 (a)-(d); drift.feature_scales)
+FeatureScale = Literal["loc", "global", "patch2", "patch4"]
+FEATURE_SCALES: tuple[str, ...] = typing.get_args(FeatureScale)
+
+
 @dataclass(frozen=True)
 class DriftConfig:
     # the kernel temperatures tau; the paper's default uses all three
@@ -81,6 +86,15 @@ class DriftConfig:
     # anti-symmetry ablation (paper Table 1): V = a * V+ - r * V-
     attraction_scale: float = 1.0
     repulsion_scale: float = 1.0
+    # kernel normalisation ablation: the affinities are the softmax over targets y and over
+    # generated x ("xy", the paper's default), the softmax over y only ("y"), or the raw
+    # kernel exp(-d / tau) ("none"); drift.drift_loss
+    normalization: Literal["xy", "y", "none"] = "xy"
+    # multi-scale feature set ablation: which scales of the encoder's feature sets enter the
+    # loss (encoders/multiscale.py): "loc" (a) per location, "global" (b) mean / std over
+    # the map, "patch2" (c) / "patch4" (d) mean / std of 2x2 / 4x4 patches; feature sets
+    # without a scale (the input "flat", release_mae's sets) are always kept
+    feature_scales: tuple[FeatureScale, ...] = ("loc", "global", "patch2", "patch4")
 
 
 @dataclass(frozen=True)
@@ -285,6 +299,10 @@ def validate(cfg: Config) -> Config:
     for key in ("attraction_scale", "repulsion_scale"):
         if getattr(d, key) < 0:
             raise ConfigError(f"drift.{key}: must be >= 0, got {getattr(d, key)}")
+    if not d.feature_scales:
+        raise ConfigError(f"drift.feature_scales: at least one scale is needed (of {', '.join(FEATURE_SCALES)})")
+    if len(set(d.feature_scales)) != len(d.feature_scales):
+        raise ConfigError(f"drift.feature_scales: a scale is listed twice in {list(d.feature_scales)}")
     for key in ("n_classes", "n_gen", "n_pos"):
         if getattr(s, key) < 1:
             raise ConfigError(f"sampling.{key}: must be >= 1, got {getattr(s, key)}")

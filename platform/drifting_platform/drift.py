@@ -18,28 +18,39 @@ from negatives (paper Eq. 8-11, Algorithm 2):
 
 with the kernel doubly normalised (softmax over the targets y and over the generated x) and
 the two halves cross-weighted by each other's total mass, so that V = 0 when p = q (the
-field is anti-symmetric: swapping p and q negates it).
+field is anti-symmetric: swapping p and q negates it). The paper's normalisation ablation
+replaces the double softmax by a softmax over y only, or by the raw kernel
+(``normalization`` = "xy", "y" or "none"); the cross-weighting, and so V = 0 at p = q, is
+the same for all three.
 
-``drift_loss`` is the batched feature-space version used for training (it matches the authors'
-JAX release number for number: tests/test_drift.py checks its golden outputs, shipped in
-tests/data/golden); ``drift_field`` is the paper's
-Algorithm 2 on raw coordinates (one temperature, no normalisation), for toy data and tests.
+``drift_loss`` is the batched feature-space version used for training (its default "xy"
+normalisation matches the authors' JAX release number for number: tests/test_drift.py
+checks its golden outputs, shipped in tests/data/golden); ``drift_field`` is the paper's
+Algorithm 2 on raw coordinates (one temperature, no feature or force normalisation), for
+toy data and tests.
 ``sample_cfg_alpha`` and ``cfg_negative_weight`` implement the classifier-free-guidance
 training recipe (unconditional data as extra, weighted negatives).
 
-(Over 400 lines: the notation, the kernel's chunked paths and the loss share their
-constants and derivation; the docstrings carry the paper's equations.)
+(Over 400 lines: the notation, the kernel's chunked paths, its normalisation variants and
+the loss share their constants and derivation; the docstrings carry the paper's equations.)
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
 
-__all__ = ["drift_loss", "drift_field", "sample_cfg_alpha", "cfg_negative_weight"]
+__all__ = ["NORMALIZATIONS", "drift_loss", "drift_field", "sample_cfg_alpha", "cfg_negative_weight"]
+
+# how the kernel's logits become affinities (paper, kernel normalisation ablation):
+# "xy" softmax over the targets and over the generated samples (the paper's default),
+# "y" softmax over the targets only, "none" the raw kernel exp(-d / tau)
+Normalization = Literal["xy", "y", "none"]
+NORMALIZATIONS: tuple[str, ...] = ("xy", "y", "none")
 
 # Constants of the release's computation (the golden numbers depend on each of them).
 _DIST2_FLOOR = 1e-8  # squared distances are floored before the sqrt (sqrt'(0) = inf)
@@ -52,6 +63,7 @@ _RMS_FLOOR = 1e-8  # floor on a temperature's mean squared force before dividing
 # same for any number of temperatures
 _CHUNK_ELEMS = 1 << 20
 _EXP_MIN = -80.0  # exponents are clipped here: exp(-80) ~ 2e-35 is still a normal float32
+_LOG_MIN = -1e30  # "y" / "none": stands in for log(0) where a maximum must stay finite
 
 
 def _check_features(name: str, t: Tensor, batch: int | None = None, dim: int | None = None) -> None:
@@ -102,6 +114,8 @@ def drift_loss(
     repulsion_scale: float = 1.0,
     batch_mean: Callable[[Tensor], Tensor] | None = None,
     chunk_elems: int = _CHUNK_ELEMS,
+    normalization: Normalization = "xy",
+    batch_max: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Multi-temperature drifting loss on feature sets, one value per class group.
 
@@ -122,12 +136,23 @@ def drift_loss(
         chunk_elems: how many elements of the [B, C_g, N] kernel matrix are processed at
             once (rows of generated samples in chunks; see ``_goal``). Only speed and memory
             depend on it, not the result.
+        normalization: how the logits l = -dn / R become affinities A (see below): "xy"
+            (softmax over targets and generated samples, the paper's default and the
+            release's computation), "y" (softmax over the targets only) or "none" (the raw
+            kernel exp(l)).
+        batch_max: the maximum over the whole batch (default ``Tensor.amax``); "y" and
+            "none" use it for their one global rescaling (the largest row mass, below).
+            Under data parallelism pass a maximum that also reduces over workers: with
+            ``batch_mean`` alone each worker would rescale by its own constant, which no
+            longer cancels between workers (their shards' forces would be weighted by
+            different factors), so "y" and "none" would only approximate the one-worker
+            loss; "xy" needs no maximum.
 
     Returns:
         loss: [B] float32, mean over (C_g, S) of (gen / s - stopgrad(x + V))^2.
         info: scalar float32 tensors (detached): ``scale`` (mean weighted distance),
             ``loss_R{float(R)}`` (mean squared raw force at temperature R, e.g.
-            ``loss_R0.05``) and ``drift_norm`` (RMS of the summed, normalised force).
+            ``loss_R0.05``; for "y" / "none" of the rescaled force, below) and ``drift_norm`` (RMS of the summed, normalised force).
 
     Computation (all in float32, everything but the last line without gradient). The targets
     are y = [gen (detached), neg, pos] (N = C_g + C_n + C_p columns) with weights w:
@@ -138,7 +163,9 @@ def drift_loss(
         dn_ij    = d_ij / max(scale, 1e-3)  (+100 where y_j is x_i itself)
         for each R:
             l_ij  = -dn_ij / R
-            A_ij  = sqrt(max(softmax_j(l)_ij * softmax_i(l)_ij, 1e-6)) * w_j
+            A_ij  = sqrt(max(softmax_j(l)_ij * softmax_i(l)_ij, 1e-6)) * w_j     ("xy")
+                    softmax_j(l)_ij * w_j = exp(l_ij - L_i) * w_j                 ("y")
+                    exp(l_ij) * w_j                                              ("none")
             W+_ij = A+_ij * sum_k A-_ik,   W-_ij = A-_ij * sum_k A+_ik
                     (A- = columns of gen and neg, A+ = columns of pos)
             F_R(x_i) = a * sum_j W+_ij (y_j - x_i) - r * sum_j W-_ij (y_j - x_i)
@@ -149,6 +176,27 @@ def drift_loss(
     Normalising features by their mean distance makes the temperatures scale-free; dividing
     each temperature's force by its RMS gives every temperature an equal say, so the
     (normalised) loss stays near len(temperatures) and its gradient is -2 F / (C_g S s).
+
+    "y" and "none" have no floor on A, and their forces underflow float32 or fall under the
+    1e-8 RMS floor at small R: the raw kernel is exp(-dn / 0.02) < 1e-38 for dn > 1.8, and
+    with either kernel a row whose nearest targets are all negatives (a generator far from
+    the data) has s+_i ~ exp(-(distance to the positives - to the negatives) / R); on
+    digits features at initialisation loss_R0.02 of "y" is 1e-25 and less. One constant for the
+    whole batch cancels in the RMS normalisation, and F_R is quadratic in A (the
+    cross-weighting): with the row masses s+_i = sum_pos A_ij, s-_i = sum_neg A_ij and the
+    halves normalised, p_ij = A+_ij / s+_i and n_ij = A-_ij / s-_i,
+
+        F_i = s+_i s-_i G_i,   G_i = a sum_j p_ij (y_j - x_i) - r sum_j n_ij (y_j - x_i).
+
+    p and n are the same for "y" and "none" (the softmax's L_i cancels in them); the masses
+    differ by exp(-2 L_i). The force is computed as exp(q_i - max_i q_i) G_i with
+    q_i = log(s+_i s-_i): each half's exponentials shifted by their row maximum (of
+    l + log w), G from rows that sum to one, and the one constant exp(max q) divided out
+    (the batch's largest row mass counts as 1). The loss and gradient are those of the
+    unrescaled kernel in exact arithmetic without the RMS floor; ``loss_R`` is that of the
+    rescaled force.
+    Exponents are clipped at -80 relative to their half's maximum as on the other paths
+    (terms ~1e-35 of the largest).
     """
     _check_features("gen", gen)
     B, C_g, S = gen.shape
@@ -160,6 +208,10 @@ def drift_loss(
     temperatures = tuple(float(r) for r in temperatures)
     if not temperatures or min(temperatures) <= 0:
         raise ValueError(f"temperatures must be positive and non-empty, got {temperatures}")
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {list(NORMALIZATIONS)}, got {normalization!r}")
+    if batch_max is None:
+        batch_max = torch.amax
 
     # Autocast would run the matmuls in bf16/fp16; the field is a small difference of large
     # terms, so the whole computation is pinned to float32 whatever the caller's context.
@@ -178,7 +230,8 @@ def drift_loss(
             w = torch.cat(weight_parts, dim=1)  # [B, N]
             n_neg = y.shape[1] - pos.shape[1]  # generated + extra negatives come first
             total, scale_inputs, info = _goal(
-                x, y, w, n_neg, temperatures, float(attraction_scale), float(repulsion_scale), batch_mean, chunk_elems
+                x, y, w, n_neg, temperatures, float(attraction_scale), float(repulsion_scale), batch_mean, chunk_elems,
+                normalization, batch_max,
             )
 
         # The only differentiable expression (s and the drift are constants):
@@ -190,7 +243,8 @@ def drift_loss(
 
 def _goal(
     x: Tensor, y: Tensor, w: Tensor, n_neg: int, temperatures: tuple[float, ...], a: float, r: float,
-    batch_mean: Callable[[Tensor], Tensor], chunk_elems: int,
+    batch_mean: Callable[[Tensor], Tensor], chunk_elems: int, normalization: str = "xy",
+    batch_max: Callable[[Tensor], Tensor] = torch.amax,
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """The drift of ``drift_loss``'s regression target (no gradient): (total, s, info), where
     the goal is x / s + total.
@@ -215,6 +269,11 @@ def _goal(
     (per row), one matmul gives the first two terms. Each temperature's force is then
     divided by its RMS and added to the total, so memory holds dn, one force and one
     chunk whatever the number of temperatures.
+
+    The other normalisations need no column pass: "y" and "none" compute each row's
+    normalised force G_i and log mass q_i in one pass over the chunks (``_halves``; "y"
+    subtracts 2 L_i from q) and rescale the rows by exp(q_i - max q) once every row is done
+    (``_row_masses``).
     """
     B, C_g, S = x.shape
     N = y.shape[1]
@@ -231,12 +290,16 @@ def _goal(
     T = len(temperatures)
     if T * B * C_g * N <= chunk_elems:
         # small problems (op overhead dominates): every temperature at once
-        total = _forces_stacked(dn, w, y, x, n_neg, temperatures, a, r, batch_mean, s_in, info)
+        total = _forces_stacked(dn, w, y, x, n_neg, temperatures, a, r, batch_mean, s_in, info, normalization, batch_max)
         info["drift_norm"] = torch.linalg.vector_norm(total) / math.sqrt(total.numel())
         return total, s_in, info
-    row_min = dn.amin(dim=-1)  # [B, C_g]
-    col_min = dn.amin(dim=-2)  # [B, N]
     w_col = w.unsqueeze(1)  # [B, 1, N]
+    if normalization == "xy":
+        row_min = dn.amin(dim=-1)  # [B, C_g]
+        col_min = dn.amin(dim=-2)  # [B, N]
+    else:
+        log_w, mask = w_col.log(), (w_col > 0).to(w.dtype)  # log w is -inf where w = 0
+        q = torch.empty(B, C_g, 1, dtype=x.dtype, device=x.device)  # each row's log mass
     log_floor = 0.5 * math.log(_AFFINITY_FLOOR)  # A's floor, applied to the exponent
     rows = max(1, min(C_g, chunk_elems // max(1, B * N)))
     chunks = [(i, min(C_g, i + rows)) for i in range(0, C_g, rows)]
@@ -246,6 +309,16 @@ def _goal(
     force = torch.empty_like(x)
     for R in temperatures:
         k = -1.0 / R
+        if normalization != "xy":
+            for i0, i1 in chunks:  # normalised halves, each row's log mass aside
+                e = buf[:, : i1 - i0]
+                torch.mul(dn[:, i0:i1], k, out=e)
+                softmax_lse = torch.logsumexp(e, dim=-1, keepdim=True) if normalization == "y" else None
+                q[:, i0:i1] = _halves(e, log_w, mask, n_neg, softmax_lse)
+                _chunk_force(e, y, x[:, i0:i1], force[:, i0:i1], n_neg, a, r)
+            force.mul_(_row_masses(q, batch_max))
+            total.add_(force.mul_(_normaliser(force, s_in, batch_mean, info, f"loss_R{R}")))
+            continue
         # pass 1: K_j = -col_min_j / R + log sum_i exp((dn_ij - col_min_j) * k). Exponents
         # below _EXP_MIN are clipped: their terms (< 1e-30) cannot change a sum that holds a
         # 1 (the minimum's), and clipping keeps denormals, slow on CPUs, out of the pass.
@@ -267,22 +340,56 @@ def _goal(
             # A = max(exp(l - (L + K) / 2), floor) * w; the floor clamps the exponent
             torch.mul(d, k, out=e)
             e.add_(half_k_col).add_(half_l_row).clamp_(min=log_floor).exp_().mul_(w_col)
-            a_neg, a_pos = e[..., :n_neg], e[..., n_neg:]
-            s_neg = a_neg.sum(dim=-1, keepdim=True)  # [B, rows, 1]
-            s_pos = a_pos.sum(dim=-1, keepdim=True)
-            # cross-weighting in place (the chunk is in cache), then one matmul on all of it
-            a_pos.mul_(s_neg * a)
-            a_neg.mul_(s_pos * -r)
-            f = force[:, i0:i1]
-            if f.is_contiguous():
-                torch.bmm(e, y, out=f)
-            else:
-                f.copy_(torch.bmm(e, y))
-            if a != r:  # rowsum of the coefficients, (a - r) s- s+ (0 for the paper's field)
-                f.sub_(x[:, i0:i1] * (s_neg * s_pos * (a - r)))
+            _chunk_force(e, y, x[:, i0:i1], force[:, i0:i1], n_neg, a, r)
         total.add_(force.mul_(_normaliser(force, s_in, batch_mean, info, f"loss_R{R}")))
     info["drift_norm"] = torch.linalg.vector_norm(total) / math.sqrt(total.numel())
     return total, s_in, info
+
+
+def _chunk_force(e: Tensor, y: Tensor, x: Tensor, f: Tensor, n_neg: int, a: float, r: float) -> None:
+    """The cross-weighted force of a chunk of affinity rows e = [A- | A+] ([B, rows, N],
+    overwritten) into ``f`` [B, rows, S]: F = a s- (A+ y+) - r s+ (A- y-) - (a - r) s- s+ x."""
+    a_neg, a_pos = e[..., :n_neg], e[..., n_neg:]
+    s_neg = a_neg.sum(dim=-1, keepdim=True)  # [B, rows, 1]
+    s_pos = a_pos.sum(dim=-1, keepdim=True)
+    # cross-weighting in place (the chunk is in cache), then one matmul on all of it
+    a_pos.mul_(s_neg * a)
+    a_neg.mul_(s_pos * -r)
+    if f.is_contiguous():
+        torch.bmm(e, y, out=f)
+    else:
+        f.copy_(torch.bmm(e, y))
+    if a != r:  # rowsum of the coefficients, (a - r) s- s+ (0 for the paper's field)
+        f.sub_(x * (s_neg * s_pos * (a - r)))
+
+
+def _halves(e: Tensor, log_w: Tensor, mask: Tensor, n_neg: int, lse: Tensor | None = None) -> Tensor:
+    """"y" / "none" affinities in place (any leading dimensions): the logits l = k dn
+    [..., N] in, the kernel A = exp(l) w out with each half (negatives, positives) divided
+    by its row sum, so that a row's halves sum to 1 (0 for a half without weight). Returns
+    q = log(s-_i s+_i) [..., 1], the log of the row's two masses: of the raw kernel, or of
+    the softmax exp(l - L) w when ``lse`` = L (the rows' logsumexp) is given. log_w, mask:
+    log w (-inf where w = 0) and w > 0, broadcastable to e."""
+    e.add_(log_w)
+    halves = (e[..., :n_neg], e[..., n_neg:])
+    # each half's largest l + log w (finite even for a half without weight)
+    maxima = [h.amax(dim=-1, keepdim=True).clamp_(min=_LOG_MIN) for h in halves]
+    for h, m in zip(halves, maxima):
+        h.sub_(m)
+    e.clamp_(min=_EXP_MIN).exp_().mul_(mask)
+    q = maxima[0] + maxima[1]
+    if lse is not None:
+        q.sub_(lse, alpha=2.0)
+    for h in halves:
+        s = h.sum(dim=-1, keepdim=True)  # >= 1 (the maximum's exp(0)) or 0 (no weight)
+        h.div_(s.clamp(min=1.0))
+        q.add_(s.log_())
+    return q
+
+
+def _row_masses(q: Tensor, batch_max: Callable[[Tensor], Tensor]) -> Tensor:
+    """exp(q - max q): the rows' raw masses s+ s- relative to the batch's largest (<= 1)."""
+    return (q - batch_max(q).clamp(min=_LOG_MIN)).exp_()
 
 
 def _mean_square(t: Tensor, batch_mean: Callable[[Tensor], Tensor]) -> Tensor:
@@ -302,18 +409,26 @@ def _normaliser(force: Tensor, s_in: Tensor, batch_mean, info: dict, key: str) -
 
 def _forces_stacked(
     dn: Tensor, w: Tensor, y: Tensor, x: Tensor, n_neg: int, temperatures: tuple[float, ...], a: float, r: float,
-    batch_mean: Callable[[Tensor], Tensor], s_in: Tensor, info: dict[str, Tensor],
+    batch_mean: Callable[[Tensor], Tensor], s_in: Tensor, info: dict[str, Tensor], normalization: str = "xy",
+    batch_max: Callable[[Tensor], Tensor] = torch.amax,
 ) -> Tensor:
     """``_goal``'s forces for a kernel matrix small enough to hold once per temperature:
     the temperatures are a leading batch dimension, so each step is one operation (the
-    fused log-softmaxes give l - L and l - K; A = exp((l - L + l - K) / 2), floored)."""
+    fused log-softmaxes give l - L and l - K; A = exp((l - L + l - K) / 2), floored; "y"
+    and "none": ``_halves`` and ``_row_masses``)."""
     T = len(temperatures)
     B, C_g, N = dn.shape
     k = torch.tensor([-1.0 / t for t in temperatures], dtype=dn.dtype, device=dn.device).view(T, 1, 1, 1)
-    logits = dn.unsqueeze(0) * k  # [T, B, C_g, N]
-    e = torch.log_softmax(logits, dim=-1).add_(torch.log_softmax(logits, dim=-2))
-    del logits
-    e.clamp_(min=math.log(_AFFINITY_FLOOR)).mul_(0.5).exp_().mul_(w.unsqueeze(1))
+    if normalization == "xy":
+        logits = dn.unsqueeze(0) * k  # [T, B, C_g, N]
+        e = torch.log_softmax(logits, dim=-1).add_(torch.log_softmax(logits, dim=-2))
+        del logits
+        e.clamp_(min=math.log(_AFFINITY_FLOOR)).mul_(0.5).exp_().mul_(w.unsqueeze(1))
+    else:
+        e = dn.unsqueeze(0) * k
+        w_col = w.unsqueeze(1)
+        softmax_lse = torch.logsumexp(e, dim=-1, keepdim=True) if normalization == "y" else None
+        q = _halves(e, w_col.log(), (w_col > 0).to(w.dtype), n_neg, softmax_lse)  # [T, B, C_g, 1]
     a_neg, a_pos = e[..., :n_neg], e[..., n_neg:]
     s_neg = a_neg.sum(dim=-1, keepdim=True)
     s_pos = a_pos.sum(dim=-1, keepdim=True)
@@ -322,6 +437,9 @@ def _forces_stacked(
     force = torch.matmul(e, y.unsqueeze(0))  # [T, B, C_g, S]
     if a != r:
         force.sub_(x.unsqueeze(0) * (s_neg * s_pos * (a - r)))
+    if normalization != "xy":
+        for i in range(T):
+            force[i].mul_(_row_masses(q[i], batch_max))
     total = force[0].mul_(_normaliser(force[0], s_in, batch_mean, info, f"loss_R{temperatures[0]}"))
     for i in range(1, T):
         total.add_(force[i].mul_(_normaliser(force[i], s_in, batch_mean, info, f"loss_R{temperatures[i]}")))
@@ -336,6 +454,7 @@ def drift_field(
     *,
     attraction_scale: float = 1.0,
     repulsion_scale: float = 1.0,
+    normalization: Normalization = "xy",
 ) -> Tensor:
     """The paper's Algorithm 2: the drifting field at one temperature, on raw coordinates.
 
@@ -346,6 +465,9 @@ def drift_field(
             the generated batch as negatives: each sample's pair with itself is then masked.
         temperature: tau of the kernel k(x, y) = exp(-|x - y| / tau), in data units.
         attraction_scale, repulsion_scale: a and r in V = a V+ - r V-.
+        normalization: "xy" (the paper's Algorithm 2, below), "y" (A = softmax_y(l)) or
+            "none" (A = exp(l), the raw kernel; no shift here, so V has the kernel's own
+            scale and underflows where every distance is many tau).
 
     Returns:
         V: [N, D] (float32, or float64 for float64 inputs), computed without gradient (the
@@ -367,6 +489,8 @@ def drift_field(
         raise ValueError("x, y_pos and y_neg must have the same feature size D")
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {list(NORMALIZATIONS)}, got {normalization!r}")
     mask_self = y_neg is x  # identity, not equality: equal copies are genuine negatives
     dtype = torch.float64 if torch.float64 in (x.dtype, y_pos.dtype, y_neg.dtype) else torch.float32
     n_pos = y_pos.shape[0]
@@ -378,7 +502,12 @@ def drift_field(
             # Infinite distance to itself (the most negative finite logit, so that a column
             # that is all masked, N = 1, still softmaxes without NaN).
             logits[:, n_pos:].diagonal().fill_(torch.finfo(dtype).min)
-        affinity = (torch.softmax(logits, dim=-1) * torch.softmax(logits, dim=-2)).sqrt_()
+        if normalization == "xy":
+            affinity = (torch.softmax(logits, dim=-1) * torch.softmax(logits, dim=-2)).sqrt_()
+        elif normalization == "y":
+            affinity = torch.softmax(logits, dim=-1)
+        else:
+            affinity = logits.exp_()
         a_pos, a_neg = affinity[:, :n_pos], affinity[:, n_pos:]
         w_pos = a_pos * a_neg.sum(-1, keepdim=True)
         w_neg = a_neg * a_pos.sum(-1, keepdim=True)

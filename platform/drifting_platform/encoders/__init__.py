@@ -10,7 +10,7 @@ pre-training writes and `learned` / `release_mae` read is `drifting_platform.enc
 """
 
 from .base import ENCODERS, Encoder, build_encoder, register_encoder
-from .multiscale import STD_EPS, multiscale_features
+from .multiscale import STD_EPS, feature_scale, multiscale_features, select_feature_sets
 from .pixel import PixelEncoder
 from .random_cnn import RandomCNNEncoder
 from .learned import LearnedEncoder
@@ -18,5 +18,5 @@ from .release_mae import ReleaseMAE, ReleaseMAEEncoder
 
 __all__ = [
     "ENCODERS", "STD_EPS", "Encoder", "LearnedEncoder", "PixelEncoder", "RandomCNNEncoder", "ReleaseMAE", "ReleaseMAEEncoder",
-    "build_encoder", "multiscale_features", "register_encoder",
+    "build_encoder", "feature_scale", "multiscale_features", "register_encoder", "select_feature_sets",
 ]

@@ -4,13 +4,30 @@ Paper App. A.5: the drifting loss is computed on features of a frozen encoder, a
 scales. From each feature map [C, H, W] the paper takes (a) the per-location vectors,
 (b) the global mean and std over locations, (c) the mean and std of every 2x2 patch and
 (d) of every 4x4 patch. Each of these is its own feature set with its own loss, and the
-losses of all sets are summed (`train/objective.py`).
+losses of all sets are summed (`train/objective.py`). `feature_scale` and
+`select_feature_sets` name and pick these scales (config `drift.feature_scales`, the paper's
+multi-scale ablation).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Optional, TypeVar
+
 import torch
 from torch.nn import functional as F
+
+from ..config import FEATURE_SCALES, ConfigError
+
+# the name suffix of each feature set `multiscale_features` writes -> its scale
+SCALE_OF_SUFFIX = {
+    "loc": "loc",  # (a)
+    "mean": "global", "std": "global",  # (b)
+    "p2_mean": "patch2", "p2_std": "patch2",  # (c)
+    "p4_mean": "patch4", "p4_std": "patch4",  # (d)
+}
+
+V = TypeVar("V")
 
 # Added inside the square root of every std feature: keeps d std / d x finite when a patch
 # (or a whole map) is constant, where sqrt(var) alone has an infinite derivative.
@@ -55,4 +72,33 @@ def multiscale_features(fmap: torch.Tensor, prefix: str) -> dict[str, torch.Tens
     for k in (2, 4):
         if h >= k and w >= k:
             out[f"{prefix}.p{k}_mean"], out[f"{prefix}.p{k}_std"] = _patch_stats(fmap, k)
+    return out
+
+
+def feature_scale(name: str) -> Optional[str]:
+    """The scale of feature set `name` ("loc", "global", "patch2" or "patch4"), or None.
+
+    Only the names `multiscale_features` writes have a scale: `<prefix>.loc` (a),
+    `<prefix>.mean` / `.std` (b), `<prefix>.p2_mean` / `.p2_std` (c), `<prefix>.p4_mean` /
+    `.p4_std` (d). Others (the input "flat", release_mae's "global" and `<layer>_mean_2`
+    sets) have none."""
+    prefix, dot, suffix = name.rpartition(".")
+    return SCALE_OF_SUFFIX.get(suffix) if dot and prefix else None
+
+
+def select_feature_sets(feats: Mapping[str, V], scales: Iterable[str]) -> dict[str, V]:
+    """The feature sets of `feats` whose scale is in `scales`, and every set without a scale,
+    in their order. A selection that keeps nothing is a ConfigError naming
+    drift.feature_scales (an unknown scale is one too)."""
+    scales = tuple(scales)
+    unknown = [s for s in scales if s not in FEATURE_SCALES]
+    if unknown:
+        raise ConfigError(f"drift.feature_scales: {unknown[0]!r} is not one of {list(FEATURE_SCALES)}")
+    out = {k: v for k, v in feats.items() if feature_scale(k) in (None, *scales)}
+    if feats and not out:
+        have = sorted({feature_scale(k) for k in feats} - {None})
+        raise ConfigError(
+            f"drift.feature_scales: {list(scales)} selects none of the encoder's {len(feats)} feature sets "
+            f"(their scales: {', '.join(have) or 'none'})"
+        )
     return out

@@ -59,3 +59,17 @@ def global_mean(t: torch.Tensor) -> torch.Tensor:
     m = m.detach().clone()
     dist.all_reduce(m, op=dist.ReduceOp.SUM)
     return m / get_world_size()
+
+
+def global_max(t: torch.Tensor) -> torch.Tensor:
+    """Maximum of `t` over all its elements and over ranks.
+
+    Used inside the drift loss (no gradient) by normalizations "y" and "none": every worker
+    rescales its forces by the same, global largest row mass, as one worker would.
+    """
+    m = t.amax()
+    if not is_distributed():
+        return m
+    m = m.detach().clone()
+    dist.all_reduce(m, op=dist.ReduceOp.MAX)
+    return m

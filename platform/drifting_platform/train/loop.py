@@ -12,7 +12,8 @@ One step (paper Sec. 3 and Alg. 1, class-conditional as in Sec. 3.5):
   2. x = f(eps, c, alpha); features of x, of the positives and of the unconditional samples
      through the frozen encoder (the data samples' features come from a bank computed once
      before the first step when `train.feature_bank` allows it: `feature_bank.py`);
-  3. loss = sum over feature sets of drift_loss(gen, pos, unc, weight_neg=(alpha-1)(n_gen-1)/N_unc);
+  3. loss = sum over feature sets (those of the scales in `drift.feature_scales`) of
+     drift_loss(gen, pos, unc, weight_neg=(alpha-1)(n_gen-1)/N_unc);
   4. AdamW step, gradient clipping, EMA update.
 
 Files of the run directory (names in `drifting_platform.rundir`): checkpoint.pt, diverged.pt
@@ -33,7 +34,7 @@ from .. import config as config_lib
 from ..config import Config
 from ..data import ClassGroupedSampler, build_dataset
 from ..drift import cfg_negative_weight, sample_cfg_alpha
-from ..encoders import build_encoder
+from ..encoders import build_encoder, select_feature_sets
 from ..models import build_generator
 from ..release import ReleaseError, load_release
 from . import distributed as D
@@ -127,6 +128,10 @@ class _Run:
         self.cfg, self.ctx = cfg, ctx
         self.dataset, self.encoder, self.generator = build_components(cfg, ctx.device)
         _check_compatible(cfg, self.dataset)
+        self.scales = cfg.drift.feature_scales
+        if set(self.scales) != set(config_lib.FEATURE_SCALES):
+            # a selection that leaves no feature set fails here, before any data work
+            select_feature_sets(self.encoder.feature_shapes(), self.scales)
         if s.n_classes % ctx.world != 0:
             raise config_lib.ConfigError(f"sampling.n_classes: {s.n_classes} class groups cannot be split evenly over {ctx.world} workers")
         sampler = ClassGroupedSampler(self.dataset.y, self.dataset.num_classes, n_classes=s.n_classes, n_pos=s.n_pos, n_unc=s.n_unc, seed=cfg.seed)
@@ -158,6 +163,8 @@ class _Run:
         if self.ctx.world > 1:
             self.model = DistributedDataParallel(self.generator, device_ids=[device.index] if device.type == "cuda" else None)
         self.bank, self.bank_info = prepare_feature_bank(self.cfg, self.encoder, self.data_x, autocast=self.amp)
+        if self.bank is not None:  # only the selected feature sets are looked up per step
+            self.bank = select_feature_sets(self.bank, self.scales)
 
     def state(self, step: int) -> dict:
         """The checkpoint of step `step` (checkpoint.pt, diverged.pt)."""
@@ -191,7 +198,8 @@ class _Run:
         return batch, labels, alpha[lo:hi].to(device), z[lo * s.n_gen : hi * s.n_gen].to(device)
 
     def _features(self, batch, labels, alpha, z):
-        """(generated samples, positives, features of both and of the unconditional samples)."""
+        """(generated samples, positives, features of both and of the unconditional samples),
+        the features restricted to the feature sets of `drift.feature_scales`."""
         s, device, encoder = self.cfg.sampling, self.ctx.device, self.encoder
         pos_idx = batch.pos_idx.reshape(-1).to(device)
         x_pos = self.data_x[pos_idx]
@@ -206,7 +214,8 @@ class _Run:
                 with torch.no_grad():
                     pos_f = encoder(x_pos)
                     unc_f = encoder(self.data_x[unc_idx]) if unc_idx is not None else None
-        return x_gen, x_pos, gen_f, pos_f, unc_f
+        pick = lambda f: select_feature_sets(f, self.scales) if f is not None else None  # noqa: E731
+        return x_gen, x_pos, pick(gen_f), pick(pos_f), pick(unc_f)
 
     def step(self, step: int) -> dict:
         """One optimisation step; returns its metrics (loss, grad_norm, spread_ratio, the drift terms)."""
@@ -223,7 +232,9 @@ class _Run:
             temperatures=cfg.drift.temperatures,
             attraction_scale=cfg.drift.attraction_scale,
             repulsion_scale=cfg.drift.repulsion_scale,
+            normalization=cfg.drift.normalization,
             batch_mean=D.global_mean if self.ctx.world > 1 else None,
+            batch_max=D.global_max if self.ctx.world > 1 else None,
         )
         for g in self.opt.param_groups:
             g["lr"] = tc.lr * lr_factor(step, warmup=tc.warmup_steps, total=tc.steps, schedule=tc.schedule)

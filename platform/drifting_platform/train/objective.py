@@ -39,7 +39,9 @@ def group_drift_loss(
     temperatures: tuple[float, ...] = (0.02, 0.05, 0.2),
     attraction_scale: float = 1.0,
     repulsion_scale: float = 1.0,
+    normalization: str = "xy",
     batch_mean=None,
+    batch_max=None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Sum over feature sets of the mean drifting loss of every class group.
 
@@ -47,8 +49,10 @@ def group_drift_loss(
     unc_feats[k]: [N_unc, L, S] or None; unc_weight: [N_c], the weight of each unconditional
     negative in each group (zero at CFG scale 1). Returns (scalar loss, diagnostics), where
     the diagnostics hold each temperature's raw force, averaged over feature sets: it keeps
-    moving when the normalised loss sits near its constant value. `batch_mean` goes to
-    `drift_loss` (a mean over workers as well, under data parallelism).
+    moving when the normalised loss sits near its constant value, and `feature_sets`, how
+    many sets entered the loss. `normalization` (the kernel's: "xy", "y" or "none"),
+    `batch_mean` and `batch_max` go to `drift_loss` (under data parallelism a mean and a
+    maximum over workers as well).
     """
     total = None
     raw: dict[str, list[float]] = {}
@@ -64,7 +68,8 @@ def group_drift_loss(
             weight_neg = w.to(torch.float32).reshape(n_groups, 1, 1).expand(n_groups, L, neg.shape[1]).reshape(n_groups * L, neg.shape[1])
         loss, info = drift_loss(
             gen, pos, neg, weight_neg=weight_neg, temperatures=temperatures,
-            attraction_scale=attraction_scale, repulsion_scale=repulsion_scale, batch_mean=batch_mean,
+            attraction_scale=attraction_scale, repulsion_scale=repulsion_scale, normalization=normalization,
+            batch_mean=batch_mean, batch_max=batch_max,
         )
         set_loss = loss.mean()
         total = set_loss if total is None else total + set_loss
