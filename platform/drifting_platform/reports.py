@@ -611,6 +611,9 @@ def _pick_curves(histories: Mapping[str, Mapping[str, Sequence]], metric: str, l
     return out[:limit]
 
 
+HEADROOM = 1.35  # the bar chart's y range / its tallest bar: room for the legend above the bars
+
+
 def _seed_offsets(n: int, width: float) -> list[float]:
     """x offsets of n seed dots inside a bar of ``width`` (centred, evenly spread)."""
     if n <= 1:
@@ -681,14 +684,14 @@ def plot_report(
                 ax2.annotate(_fmt(v, 2), (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom",
                              fontsize=8, xytext=(0, 2), textcoords="offset points", color="tab:orange")
         ax2.set_ylabel("FID (paper, ImageNet 256)", color="tab:orange")
-        ax2.set_ylim(0, max([v for v in pv if v is not None] or [1.0]) * 1.15)
+        ax2.set_ylim(0, max([v for v in pv if v is not None] or [1.0]) * HEADROOM)
         handles.append(pbars)
     tops = [v + (s or 0.0) for v, s in zip(ours, stds) if v is not None] + dots_y
     ymax = max(tops or [1.0])
-    ax.set_ylim(0, ymax * 1.15 if ymax > 0 else 1.0)
+    ax.set_ylim(0, ymax * HEADROOM if ymax > 0 else 1.0)
     own_handles, _ = ax.get_legend_handles_labels()
     handles = own_handles + handles[1:]
-    ax.legend(handles=handles, labels=[h.get_label() for h in handles], loc="upper left", fontsize=8)
+    ax.legend(handles=handles, labels=[h.get_label() for h in handles], loc="upper left", fontsize=8, ncol=2)
     seeds_note = " (mean ± std over seeds)" if any((r.get("runs") or 1) > 1 for r in rows) else ""
     ax.set_title(title or f"{metric} per row{seeds_note}" + (" (paper's ImageNet-256 values beside)" if have_paper else ""), fontsize=11)
 
