@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 import textwrap
 from pathlib import Path
 
@@ -172,6 +173,12 @@ BAD = {
     "bad_scheduler": ("rows: [{name: a, set: {}}]\nscheduler: {name: hyperband}\n", "scheduler.name"),
     "bad_choice_value": ("search: optuna\nspace:\n  cfg.gamma: {choice: [0.5, 1.5]}\n", "space.cfg.gamma.choice"),
     "workers_split": ("rows: [{name: a, set: {}}]\nresources: {workers: 3}\n", "not divisible by resources.workers"),
+    "seeds_zero": ("rows: [{name: a, set: {}}]\nseeds: 0\n", "seeds: expected an integer >= 1"),
+    "seeds_bool": ("rows: [{name: a, set: {}}]\nseeds: true\n", "seeds: expected an integer >= 1"),
+    "seeds_optuna": ("search: optuna\nseeds: 2\nspace:\n  train.lr: {loguniform: [1.0e-4, 1.0e-3]}\n", "seeds: 2 repeats the trials of grid and rows"),
+    "seeds_row_sets_seed": ("seeds: 2\nrows: [{name: a, set: {seed: 3}}]\n", "rows[0].set.seed"),
+    "seeds_space_seed": ("seeds: 2\nspace:\n  seed: {grid: [0, 1]}\n", "space.seed varies the seed"),
+    "seeds_in_preset": ("rows: [{name: a, set: {}}]\npresets: {smoke: {seeds: -1}}\n", "seeds: expected an integer >= 1"),
 }
 
 
@@ -234,6 +241,74 @@ def test_cli_preset_and_overrides(tmp_path):
         load_sweep(REPO / "experiments" / "antisymmetry.yaml", overrides=["drift.repulsion_scale=0.5"])
     with pytest.raises(SweepError, match="presets.nope"):
         load_sweep(REPO / "experiments" / "antisymmetry.yaml", preset="nope")
+
+
+def test_seeds_repeat_every_row_with_consecutive_seeds(tmp_path):
+    """`seeds: N` (file, preset or --seeds) plans every row N times, seed = base seed + k, the
+    seed in the label, the directory and the config; one seed plans exactly as before."""
+    from drifting_platform.launch.points import describe
+
+    anti = REPO / "experiments" / "antisymmetry.yaml"
+    one = load_sweep(anti, preset="smoke")
+    assert one.seeds == 1
+    assert [t.label for t in one.trials] == ["V+ - V-", "1.5 V+ - V-", "V+ - 1.5 V-", "2 V+ - V-", "V+ - 2 V-", "V+ only"]
+    assert [t.dirname for t in one.trials] == ["00_V+_-_V-", "01_1.5_V+_-_V-", "02_V+_-_1.5_V-", "03_2_V+_-_V-", "04_V+_-_2_V-", "05_V+_only"]
+    assert all("seed" not in t.params and t.row == t.label and t.seed == 0 for t in one.trials)
+
+    three = load_sweep(anti, preset="smoke", seeds=3, overrides=["seed=7"])
+    assert three.seeds == 3 and len(three.trials) == 18
+    # seed-major: every row's first seed, then every row's second, ...
+    assert [t.seed for t in three.trials] == [7] * 6 + [8] * 6 + [9] * 6
+    first = [t for t in three.trials if t.index == 0]
+    assert [t.label for t in first] == ["V+ - V- (seed 7)", "V+ - V- (seed 8)", "V+ - V- (seed 9)"]
+    assert [t.dirname for t in first] == ["00_V+_-_V-_seed_7", "00_V+_-_V-_seed_8", "00_V+_-_V-_seed_9"]
+    assert {t.row for t in first} == {"V+ - V-"}
+    assert len({t.dirname for t in three.trials}) == 18
+    for t in three.trials:
+        assert three.trial_config(t.params).seed == t.seed
+        assert describe(three, {"trial": json.loads(json.dumps(t.record()))}) == t
+    assert three.trial_config(first[1].params).drift.repulsion_scale == 1.0
+
+    # in the file, in a preset; --seeds wins over both
+    path = tmp_path / "seeded.yaml"
+    path.write_text(textwrap.dedent(f"""
+        base: {DIGITS}
+        preset: smoke
+        seeds: 2
+        space:
+          train.lr: {{grid: [0.001, 0.002]}}
+        presets:
+          smoke: {{seeds: 3}}
+          local: {{}}
+    """))
+    assert load_sweep(path, preset="local").seeds == 2
+    assert load_sweep(path).seeds == 3
+    spec = load_sweep(path, seeds=1)
+    assert spec.seeds == 1 and [t.label for t in spec.trials] == ["train.lr=0.001", "train.lr=0.002"]
+    grid = load_sweep(path, preset="local")
+    assert [t.label for t in grid.trials] == ["train.lr=0.001 (seed 0)", "train.lr=0.002 (seed 0)", "train.lr=0.001 (seed 1)", "train.lr=0.002 (seed 1)"]
+    assert [t.row for t in grid.trials] == ["train.lr=0.001", "train.lr=0.002"] * 2
+    with pytest.raises(SweepError, match=r"^seeds: --seeds expects an integer >= 1, got 0"):
+        load_sweep(path, seeds=0)
+    with pytest.raises(SweepError, match=r"^seeds: 2 repeats"):
+        load_sweep(REPO / "experiments" / "hpo.yaml", preset="smoke", seeds=2)
+
+
+def test_seeds_options_of_the_commands():
+    """`drifting-platform sweep --seeds N` and the ablation scripts' `--seeds N` reach run_sweep."""
+    from click.testing import CliRunner
+
+    from drifting_platform.cli import main
+
+    res = CliRunner().invoke(main, ["sweep", "--help"])
+    assert "--seeds" in res.output
+    res = CliRunner().invoke(main, ["sweep", str(REPO / "experiments" / "hpo.yaml"), "--preset", "smoke", "--seeds", "2"])
+    assert res.exit_code != 0 and "seeds: 2 repeats the trials of grid and rows sweeps" in res.output
+    res = CliRunner().invoke(main, ["sweep", str(REPO / "experiments" / "antisymmetry.yaml"), "--seeds", "0"])
+    assert res.exit_code == 2 and "--seeds" in res.output
+    from drifting_platform.launch.ablation import ablation_main
+
+    assert ablation_main(REPO / "experiments" / "hpo.yaml", "doc", ["--preset", "smoke", "--seeds", "2"]) == 2
 
 
 # --------------------------------------------------------------------------- with Ray
@@ -344,6 +419,91 @@ def test_smoke_sweep_two_rows(ray_local, tmp_path):
         assert any(p.endswith("samples.npz") for p in arts) and any(p.endswith("samples.png") for p in arts)
         assert ("end_run", rid, "FINISHED", None) in tracker.calls
     assert tracker.calls[-1] == ("end_run", "run1", "FINISHED", None)
+
+
+@pytest.mark.slow
+def test_smoke_sweep_two_rows_two_seeds(ray_local, tmp_path, capsys):
+    """2 rows x 2 seeds on real Ray and a real SQLite MLflow store: one parent run, 4 children
+    tagged with their row and seed, one progress line each, Tune's trials named after their
+    directories, a resume that has nothing to do, and a report of 2 rows of 2 seeds."""
+    import mlflow
+
+    from drifting_platform import reports
+    from drifting_platform.launch.sweep import run_sweep
+
+    sweep = tmp_path / "seeded.yaml"
+    sweep.write_text(textwrap.dedent(f"""
+        name: two_seeds
+        base: {DIGITS}
+        preset: smoke
+        seeds: 3
+        set: [eval.num_samples=100, train.steps=3, train.log_every=3, seed=4]
+        rows:
+          - {{name: "V+ - V-", set: {{drift.repulsion_scale: 1.0}}}}
+          - {{name: "V+ only", set: {{drift.repulsion_scale: 0.0}}}}
+        resources: {{cpus_per_trial: 1, workers: 1}}
+        max_concurrent: 2
+        metric: {{name: fid, mode: min}}
+    """))
+    res = run_sweep(sweep, out_root=tmp_path / "sweeps", seeds=2, verbose=0)  # --seeds 2 beats the file's 3
+    assert [(t.row, t.seed, t.status) for t in res.trials] == [
+        ("V+ - V-", 4, "FINISHED"), ("V+ - V-", 5, "FINISHED"), ("V+ only", 4, "FINISHED"), ("V+ only", 5, "FINISHED")], [t.error for t in res.trials]
+    assert [t.label for t in res.trials] == ["V+ - V- (seed 4)", "V+ - V- (seed 5)", "V+ only (seed 4)", "V+ only (seed 5)"]
+    sweep_dir = Path(res.sweep_dir)
+    names = ["00_V+_-_V-_seed_4", "00_V+_-_V-_seed_5", "01_V+_only_seed_4", "01_V+_only_seed_5"]
+    assert [Path(t.trial_dir).name for t in res.trials] == names
+    for t in res.trials:
+        record = json.loads((Path(t.trial_dir) / "trial.json").read_text())
+        assert record["row"] == t.row and record["seed"] == t.seed and record["params"]["seed"] == t.seed
+    # two seeds of a row train differently
+    a, b = (json.loads((sweep_dir / n / "summary.json").read_text())["fid"] for n in names[:2])
+    assert a != b
+    # Tune's own trial directories are named after ours
+    tune_dirs = [p.name for p in (sweep_dir / "_tune" / "tune").iterdir() if p.is_dir()]
+    assert sorted(re.sub(r"_[0-9a-f]+_\d+$", "", d) for d in tune_dirs) == names  # <our name>_<Tune trial id>
+    out = capsys.readouterr().out
+    progress = [line for line in out.splitlines() if line.startswith("[")]
+    assert sorted(line.split("]")[0] for line in progress) == ["[1/4", "[2/4", "[3/4", "[4/4"]
+    for label in ("V+ - V- (seed 4)", "V+ - V- (seed 5)", "V+ only (seed 4)", "V+ only (seed 5)"):
+        assert any(f"FINISHED  {label}  fid=" in line for line in progress), progress
+
+    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("two_seeds")
+    runs = client.search_runs([exp.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("drifting.sweep") == "true"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 4 and len(runs) == 5
+    got = sorted((c.data.tags["drifting.row"], c.data.tags["drifting.seed"], c.info.run_name, c.info.status) for c in children)
+    assert got == [("V+ - V-", "4", "V+ - V- (seed 4)", "FINISHED"), ("V+ - V-", "5", "V+ - V- (seed 5)", "FINISHED"),
+                   ("V+ only", "4", "V+ only (seed 4)", "FINISHED"), ("V+ only", "5", "V+ only (seed 5)", "FINISHED")]
+    assert all(c.data.params["seed"] == c.data.tags["drifting.seed"] for c in children)
+    assert parent.data.params["seeds"] == "2" and parent.info.status == "FINISHED"
+
+    # --resume of the finished sweep: nothing to run
+    again = run_sweep(sweep, out_root=tmp_path / "sweeps", seeds=2, resume=True)
+    assert again.already_complete and again.sweep_dir == res.sweep_dir and len(again.trials) == 4
+    # one seed's trial not done: --resume reruns it alone, in its directory and child run
+    (sweep_dir / names[3] / "summary.json").unlink()
+    kept = (sweep_dir / names[0] / "summary.json").read_bytes()
+    capsys.readouterr()
+    again = run_sweep(sweep, out_root=tmp_path / "sweeps", seeds=2, resume=True, verbose=0)
+    assert not again.already_complete and again.sweep_dir == res.sweep_dir
+    assert [(t.label, t.status) for t in again.trials] == [(t.label, "FINISHED") for t in res.trials]
+    assert (sweep_dir / names[3] / "summary.json").exists() and (sweep_dir / names[0] / "summary.json").read_bytes() == kept
+    assert f"resuming sweep {res.sweep_name}: MLflow parent run {parent.info.run_id} (4 trial runs)" in capsys.readouterr().out
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 5 and all(r.info.status == "FINISHED" for r in runs)  # the same 4 children, none twice
+
+    # the report: one row per row label, the mean of its two seeds, each row's first-seed grid
+    rep = reports.write_report("two_seeds", tmp_path / "reports")
+    rows = {r["label"]: r for r in rep["rows"]}
+    assert list(rows) == ["V+ - V-", "V+ only"]
+    fids = {(t.row, t.seed): t.metrics["fid"] for t in res.trials}
+    for row in rows.values():
+        assert row["n"] == 2 and row["seeds"] == [4, 5]
+        assert row["value"] == pytest.approx((fids[(row["label"], 4)] + fids[(row["label"], 5)]) / 2)
+    assert "| seeds |" in rep["table_markdown"] and "vs default" in rep["table_markdown"]
+    assert "grids" in rep["paths"] and Path(rep["paths"]["grids"]).stat().st_size > 10_000
 
 
 def test_tune_configs_carry_the_values_and_name_the_trial():

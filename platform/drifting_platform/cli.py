@@ -276,16 +276,17 @@ def release_info(path: str) -> None:
 @click.option("--preset", default=None, help="Preset of the sweep and of its base config (smoke, local, ...).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override applied to every trial's config.")
 @click.option("--out-root", default=None, type=click.Path(file_okay=False), help="Where trial directories go (default $DRIFTING_HOME/sweeps).")
+@click.option("--seeds", type=click.IntRange(min=1), default=None, help="Run every row / grid point N times, seeds base + 0..N-1 (overrides the file's `seeds:`; grid and rows sweeps).")
 @click.option("--resume", is_flag=True, help="Continue the latest sweep of this experiment instead of starting a new one.")
 @click.option("--no-report", is_flag=True, help="Do not print / write the report table at the end.")
 @click.option("--storage-path", default=None, metavar="DIR|s3://BUCKET/PREFIX", help="Where Ray Tune keeps its state and multi-worker trials their Ray Train checkpoints (default: the sweep directory). s3:// uses AWS_ENDPOINT_URL and the AWS credential chain.")
-def sweep(sweep_file: str, preset: str | None, overrides: tuple[str, ...], out_root: str | None, resume: bool, no_report: bool, storage_path: str | None) -> None:
+def sweep(sweep_file: str, preset: str | None, overrides: tuple[str, ...], out_root: str | None, seeds: int | None, resume: bool, no_report: bool, storage_path: str | None) -> None:
     """Run a Ray Tune sweep (grid, rows or Optuna) tracked in MLflow; then print its table."""
     from .launch.sweep import SweepInterrupted, run_sweep  # Ray loads only once the sweep file is valid
 
     path = resolve_config_path(sweep_file)
     try:
-        result = run_sweep(path, preset=preset, overrides=overrides, out_root=out_root, resume=resume, storage_path=storage_path)
+        result = run_sweep(path, preset=preset, overrides=overrides, out_root=out_root, resume=resume, storage_path=storage_path, seeds=seeds)
     except ConfigError as exc:  # a SweepError or a trial's ConfigError
         raise click.ClickException(f"bad sweep: {exc}") from None
     except _run_errors() as exc:

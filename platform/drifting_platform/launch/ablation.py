@@ -26,11 +26,12 @@ def ablation_main(sweep: Path, doc: str, argv: Optional[list[str]] = None) -> in
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="local", help=f"smoke | local (default) | any preset of {Path(sweep).name}")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help="override for every row's config")
+    parser.add_argument("--seeds", type=int, default=None, metavar="N", help="run every row N times, seeds base + 0..N-1; the table gives mean ± std (default: the sweep file's, 1)")
     parser.add_argument("--resume", action="store_true", help=f"continue the latest {name} sweep")
     parser.add_argument("--out", default=None, help="where the report files go (default ~/.drifting_platform/reports)")
     args = parser.parse_args(argv)
     try:
-        result = run_sweep(sweep, preset=args.preset, overrides=args.overrides, resume=args.resume)
+        result = run_sweep(sweep, preset=args.preset, overrides=args.overrides, resume=args.resume, seeds=args.seeds)
     except ConfigError as exc:
         print(f"bad sweep or config: {exc}", file=sys.stderr)
         return 2

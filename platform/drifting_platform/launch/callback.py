@@ -1,8 +1,9 @@
 """Tracking of a sweep: the tracker protocol and the Tune callback that calls it.
 
 Every tracker write happens in the driver process, in `TrackingCallback` (a Tune
-`Callback`): one child run per trial under the sweep's parent run, its params, metric
-history, final metrics and artifacts, so concurrent trials never open the tracking store.
+`Callback`): one child run per trial (each seed of a row is a trial) under the sweep's
+parent run, tagged `drifting.row` (the row, without the seed) and `drifting.seed`, with its
+params, metric history, final metrics and artifacts, so concurrent trials never open the tracking store.
 `ProgressCallback` prints one line per trial as it ends (its row, state and metric).
 `drifting_platform.tracking.SweepTracker` implements `SweepTracking` on MLflow; tests use
 a fake that records the calls.
@@ -20,7 +21,7 @@ from ray.tune import Callback
 
 from .. import config as C
 from .. import rundir
-from ..tracking import TAG_ROW, pinned_encoder_tags
+from ..tracking import TAG_ROW, TAG_SEED, TAG_TRIAL_DIR, pinned_encoder_tags
 from .points import result_metrics
 from .trial import SweepContext, TrialDir
 
@@ -106,7 +107,8 @@ class TrackingCallback(Callback):
             flat = C.flatten(C.to_dict(self.ctx.spec.trial_config(t.params)))
         except C.ConfigError:
             flat = dict(t.params)
-        tags = {TAG_ROW: t.label, "drifting.trial_dir": str(tdir), "drifting.trial_id": trial.trial_id}
+        # drifting.row: the row without the seed (a report's row is the mean of its seeds)
+        tags = {TAG_ROW: t.row_label, TAG_SEED: t.seed, TAG_TRIAL_DIR: str(tdir), "drifting.trial_id": trial.trial_id}
         tags.update(pinned_encoder_tags(t.params.get("encoder.source")))
         run_id = self._safe("start_trial", self.tracker.start_trial, self.parent_id, t.label, flat, tags)
         if run_id is not None:

@@ -1,9 +1,13 @@
 """The trials of a sweep, without Ray: grid / rows plans, Optuna points, trial configs.
 
-A trial is a `Trial(index, label, params, dirname)`: `params` maps config paths to values
-(`{"drift.repulsion_scale": 0.0}`) and `dirname` names its directory in the sweep directory.
-Grid and rows sweeps plan every trial up front (`plan_trials`); Tune grid-searches over
-their records (`Trial.record()`). An Optuna point is sampled by Tune as `{path: value}`;
+A trial is a `Trial(index, label, params, dirname, row, seed)`: `params` maps config paths to
+values (`{"drift.repulsion_scale": 0.0}`), `dirname` names its directory in the sweep
+directory, `row` is the row / grid point it belongs to and `seed` its config's `seed`.
+Grid and rows sweeps plan every trial up front (`plan_trials`); with `seeds: N` each row /
+grid point is planned N times, with `seed` = its config's seed + k (k = 0..N-1) in `params`
+and the seed in its label and directory (`V+ - V- (seed 1)`, `00_V+_-_V-_seed_1`); with
+N = 1 a trial is its row alone (no seed in `params`, label or directory). Tune
+grid-searches over their records (`Trial.record()`). An Optuna point is sampled by Tune as `{path: value}`;
 `describe` turns either kind of Tune config back into its `Trial`, and is the only reader
 of Tune configs. Optuna categoricals must be scalars, so the choices of a path that has a
 non-scalar one (a list of temperatures) travel as JSON strings (`tune_choices`), decoded
@@ -44,10 +48,17 @@ TUNE_KEYS = {
 class Trial:
     """One trial of a sweep: a planned grid point / row, or a sampled Optuna point."""
 
-    index: int  # position in the plan (grid / rows); -1 for an Optuna point
-    label: str  # the row name, or "path=value, ..."
-    params: dict  # parameter path -> value
+    index: int  # the row's / grid point's position in the sweep file (grid / rows); -1 for an Optuna point
+    label: str  # the row name, or "path=value, ..."; with seeds: N > 1, plus " (seed S)"
+    params: dict  # parameter path -> value (with seeds: N > 1, also "seed")
     dirname: str  # the trial directory's name inside the sweep directory
+    row: str = ""  # the row / grid point's label without the seed (tag drifting.row); "" = label
+    seed: int = 0  # the trial config's seed (tag drifting.seed)
+
+    @property
+    def row_label(self) -> str:
+        """The label of the row this trial repeats (the label itself for one seed)."""
+        return self.row or self.label
 
     def record(self) -> dict:
         """What Tune's param_space carries for a planned trial (`describe` reads it back)."""
@@ -78,17 +89,40 @@ def build_trial_config(spec: "SweepSpec", params: dict) -> C.Config:
     return C.from_dict(raw)
 
 
-def plan_trials(space: Optional[dict], rows: Optional[tuple]) -> tuple[Trial, ...]:
-    """Every trial of a rows sweep (one per row) or a grid sweep (the product of the grids)."""
+def seed_label(row: str, seed: int) -> str:
+    """The label of one seed of a row: "V+ - V- (seed 1)"."""
+    return f"{row} (seed {seed})"
+
+
+def plan_trials(space: Optional[dict], rows: Optional[tuple], *, seeds: int = 1, base_seed: int = 0) -> tuple[Trial, ...]:
+    """Every trial of a rows sweep (one per row) or a grid sweep (the product of the grids),
+    each `seeds` times with seed = `base_seed` (the base config's) + k, k = 0..seeds-1.
+    Seed-major order: every row's first seed, then every row's second, ... (an interrupted
+    sweep has whole tables of its first seeds). `load_sweep` refuses seeds > 1 in a sweep
+    that varies `seed` itself."""
     if rows is not None:
-        return tuple(Trial(i, row.name, dict(row.set), f"{i:02d}_{slug(row.name)}") for i, row in enumerate(rows))
-    paths = list(space)
-    trials = []
-    for i, combo in enumerate(itertools.product(*(space[p]["grid"] for p in paths))):
-        params = dict(zip(paths, combo))
-        label = ", ".join(f"{p}={fmt(v)}" for p, v in params.items())
-        trials.append(Trial(i, label, params, f"{i:02d}_{slug(label)}"))
-    return tuple(trials)
+        points = [(i, row.name, dict(row.set), slug(row.name)) for i, row in enumerate(rows)]
+    else:
+        paths = list(space)
+        points = []
+        for i, combo in enumerate(itertools.product(*(space[p]["grid"] for p in paths))):
+            params = dict(zip(paths, combo))
+            label = ", ".join(f"{p}={fmt(v)}" for p, v in params.items())
+            points.append((i, label, params, slug(label)))
+    if seeds == 1:  # as without seeds: no seed in params, label or directory
+        return tuple(Trial(i, label, params, f"{i:02d}_{name}", row=label, seed=_seed_of(params, base_seed))
+                     for i, label, params, name in points)
+    return tuple(
+        Trial(i, seed_label(label, base_seed + k), {**params, "seed": base_seed + k}, f"{i:02d}_{name}_seed_{base_seed + k}",
+              row=label, seed=base_seed + k)
+        for k in range(seeds) for i, label, params, name in points
+    )
+
+
+def _seed_of(params: dict, base_seed: int) -> int:
+    """The seed of a trial with `params`: its own `seed` parameter (an integer), else the base's."""
+    v = params.get("seed", base_seed)
+    return v if isinstance(v, int) and not isinstance(v, bool) else base_seed
 
 
 def first_point(space: Optional[dict]) -> dict:
@@ -106,10 +140,11 @@ def tune_choices(values: list) -> list:
     return [json.dumps(v) for v in values] if encoded(values) else list(values)
 
 
-def point_trial(params: dict) -> Trial:
+def point_trial(params: dict, base_seed: int = 0) -> Trial:
     """The trial of an Optuna point; its directory is a stable function of the values."""
     key = hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    return Trial(-1, ", ".join(f"{k}={_short(v)}" for k, v in params.items()), dict(params), f"trial_{key}")
+    label = ", ".join(f"{k}={_short(v)}" for k, v in params.items())
+    return Trial(-1, label, dict(params), f"trial_{key}", row=label, seed=_seed_of(params, base_seed))
 
 
 def describe(spec: "SweepSpec", config: dict) -> Trial:
@@ -121,7 +156,7 @@ def describe(spec: "SweepSpec", config: dict) -> Trial:
         kind, values = next(iter(s.items()))
         v = config[path]
         params[path] = json.loads(v) if kind == "choice" and encoded(values) else v
-    return point_trial(params)
+    return point_trial(params, spec.base_seed)
 
 
 def result_metrics(result: dict) -> dict[str, float]:
@@ -132,14 +167,19 @@ def result_metrics(result: dict) -> dict[str, float]:
 def first_bad_trial(spec: "SweepSpec", *, machine: bool = False) -> Optional[tuple[str, str]]:
     """(key path, message) of the first trial whose config does not validate, or None.
 
-    Grid / rows: every planned trial. Optuna: every choice and both ends of every range,
+    Grid / rows: every planned row / grid point (one seed of each: the seeds of a row
+    differ in `seed` alone). Optuna: every choice and both ends of every range,
     each with the rest of the point at its first value. Each passes `preflight` too: its
     registry names always; with `machine`, this machine's files and devices as well (what a
     sweep that runs here needs; a Ray cluster's nodes have data and devices of their own)."""
     probes = []  # (where, where of a worker-split error, message prefix, params)
+    probed = set()  # rows / grid points: the seeds of one differ in `seed` alone
     for t in spec.trials:
+        if t.index in probed:
+            continue
+        probed.add(t.index)
         where = f"rows[{t.index}]" if spec.rows is not None else "space"
-        probes.append((f"{where}.set" if spec.rows is not None else where, where, f"trial {t.label!r}", t.params))
+        probes.append((f"{where}.set" if spec.rows is not None else where, where, f"trial {t.row_label!r}", t.params))
     if spec.search == "optuna":
         first = first_point(spec.space)
         for path, s in spec.space.items():

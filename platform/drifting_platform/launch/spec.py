@@ -11,6 +11,7 @@ A sweep file names a base config and what varies:
     space:                        # ... or a parameter space
       train.lr: {loguniform: [1e-4, 1e-2]}
     search: grid                  # grid | optuna
+    seeds: 1                      # grid / rows: run every trial with seeds base seed + 0..N-1
     num_samples: 1
     scheduler: {name: none}       # none | asha (grace_period, reduction_factor)
     resources: {cpus_per_trial: 1, workers: 1, gpu: false}
@@ -46,7 +47,7 @@ from .points import Trial, build_trial_config, first_bad_trial, first_point, fmt
 SEARCHES = ("grid", "optuna")
 SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 TOP_KEYS = (
-    "name", "base", "preset", "set", "space", "rows", "search", "num_samples", "scheduler",
+    "name", "base", "preset", "set", "space", "rows", "search", "seeds", "num_samples", "scheduler",
     "resources", "max_concurrent", "max_failures", "metric", "presets", "encoders",
 )
 PRESET_KEYS = tuple(k for k in TOP_KEYS if k not in ("name", "base", "presets"))
@@ -117,6 +118,14 @@ class SweepSpec:
     # `encoders:` key -> the validated PretrainConfig of an encoder some row uses; the
     # sweep pre-trains (or reuses) them before any trial and pins each row's source
     encoders: dict = field(default_factory=dict)
+    # grid / rows: every row / grid point runs `seeds` times, config seed = base seed + k
+    seeds: int = 1
+
+    @property
+    def base_seed(self) -> int:
+        """The base config's seed (with the sweep's set / --set): the first seed of a row."""
+        v = self.base_raw.get("seed", C.Config.seed)
+        return v if isinstance(v, int) and not isinstance(v, bool) else C.Config.seed
 
     def trial_config(self, params: dict) -> C.Config:
         """The validated config of a trial with `params` (parameter path -> value)."""
@@ -322,6 +331,20 @@ def _raw_with_preset(raw: dict, preset: Optional[str], base_presets: list[str], 
     return out
 
 
+def _check_seeds(seeds: int, search: str, space: Optional[dict], rows: Optional[tuple], file: Path) -> None:
+    """`seeds: N > 1` repeats grid / rows trials with seeds base + k: not for Optuna (whose
+    samples are the repeats), nor for a sweep that varies `seed` itself."""
+    if seeds == 1:
+        return
+    if search == "optuna":
+        raise _err("seeds", f"{seeds} repeats the trials of grid and rows sweeps; search: optuna samples its own points (num_samples)", file)
+    if "seed" in (space or {}):
+        raise _err("seeds", f"{seeds} runs every trial with seeds base + 0..{seeds - 1}, but space.seed varies the seed itself", file)
+    for i, row in enumerate(rows or ()):
+        if "seed" in row.set:
+            raise _err("seeds", f"{seeds} runs every trial with seeds base + 0..{seeds - 1}, but rows[{i}].set.seed sets it (set the base seed with `set: [seed=N]`)", file)
+
+
 def _check_search(search: str, num_samples: int, space: Optional[dict], rows: Optional[tuple], file: Path) -> None:
     if search == "grid":
         if num_samples != 1:
@@ -339,8 +362,9 @@ def _check_search(search: str, num_samples: int, space: Optional[dict], rows: Op
                 raise _err(f"space.{path}.grid", "search: optuna takes choice / uniform / loguniform / randint, not grid", file)
 
 
-def load_sweep(path: str | Path, *, preset: Optional[str] = None, overrides: tuple[str, ...] | list[str] = ()) -> SweepSpec:
-    """Read and fully validate a sweep file (no Ray). Raises SweepError naming the key path."""
+def load_sweep(path: str | Path, *, preset: Optional[str] = None, overrides: tuple[str, ...] | list[str] = (), seeds: Optional[int] = None) -> SweepSpec:
+    """Read and fully validate a sweep file (no Ray). Raises SweepError naming the key path.
+    `seeds` (the command line's --seeds) overrides the file's `seeds:`."""
     file = Path(path)
     if not file.is_file() and not file.suffix and (file.with_suffix(".yaml")).is_file():
         file = file.with_suffix(".yaml")
@@ -371,6 +395,11 @@ def load_sweep(path: str | Path, *, preset: Optional[str] = None, overrides: tup
     if search not in SEARCHES:
         raise _err("search", f"{search!r} is not one of {list(SEARCHES)}", file)
     num_samples = _count(raw, "num_samples", 1, 1, file)
+    if seeds is not None:
+        if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+            raise SweepError(f"seeds: --seeds expects an integer >= 1, got {seeds!r} (sweep file {file})")
+        raw = {**raw, "seeds": seeds}
+    n_seeds = _count(raw, "seeds", 1, 1, file)
     scheduler_raw = raw.get("scheduler")
     scheduler = _build(Scheduler, {"name": scheduler_raw} if isinstance(scheduler_raw, str) else scheduler_raw, "scheduler", file)
     if scheduler.grace_period < 1:
@@ -405,6 +434,7 @@ def load_sweep(path: str | Path, *, preset: Optional[str] = None, overrides: tup
         if key in swept:
             raise SweepError(f"--set {item!r}: {key} is what this sweep varies (sweep file {file})")
     _check_search(search, num_samples, space, rows, file)
+    _check_seeds(n_seeds, search, space, rows, file)
 
     # the base config itself (all its presets are checked by load_config)
     try:
@@ -416,9 +446,11 @@ def load_sweep(path: str | Path, *, preset: Optional[str] = None, overrides: tup
         space=space, rows=rows, search=search, num_samples=num_samples, scheduler=scheduler,
         resources=resources, max_concurrent=max_concurrent, metric=metric, max_failures=max_failures,
         base_raw=C.resolve_raw(C.read_yaml(base), base_preset, list(sets) + list(overrides)),
-        trials=plan_trials(space, rows) if search == "grid" else (),
         encoders={k: v for k, v in encoders.items() if any(r.encoder == k for r in rows or ())},
+        seeds=n_seeds,
     )
+    if search == "grid":
+        spec = dataclasses.replace(spec, trials=plan_trials(space, rows, seeds=n_seeds, base_seed=spec.base_seed))
     bad = first_bad_trial(spec)  # registry names and ranges of every trial
     if bad is not None:
         raise _err(*bad, file)

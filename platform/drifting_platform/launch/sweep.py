@@ -6,14 +6,16 @@
 
 The flow, one module per step:
 1. `spec.load_sweep` reads and validates the sweep file and every trial config (no Ray);
-   `points.py` plans the trials. A bad file or an unreachable tracking store fails here.
+   `points.py` plans the trials (with `seeds: N` / `--seeds N`, every row / grid point N
+   times, seeds base + 0..N-1). A bad file or an unreachable tracking store fails here.
 2. `plan.py` places the sweep: its directory, the trials' resources against the cluster,
    Tune's param_space (the values themselves), the Optuna search and its resume, ASHA.
    `encoder_jobs.prepare_encoders` pre-trains the encoders the rows use and pins them.
 3. The tracker opens (or, with --resume, reopens) the sweep's parent run;
    `callback.TrackingCallback` writes every child run from this (the driver) process.
-4. Tune runs `trial.run_trial` once per grid point / row / Optuna sample, each in its own
-   trial directory (`trial.TrialDir`). Trial processes are reused (`reuse_actors`): only
+4. Tune runs `trial.run_trial` once per grid point / row (and seed) / Optuna sample, each in
+   its own trial directory (`trial.TrialDir`); every seed is a child run of the one parent,
+   tagged with its row (`drifting.row`) and seed (`drifting.seed`). Trial processes are reused (`reuse_actors`): only
    the first trials of a sweep pay for starting a process and importing torch; each trial
    still builds everything from its own config and seed.
 5. The results are gathered into a `SweepResult` (with the points an earlier attempt
@@ -48,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 from .. import rundir
 from ..home import sweeps_root
 from ..rerun import rerun_command
-from ..tracking import SweepTracker, check_tracking_store
+from ..tracking import TAG_TRIAL_DIR, SweepTracker, check_tracking_store
 from ..signals import SignalScope
 from .points import result_metrics, slug
 from .spec import Metric, SweepSpec, check_machine, load_sweep
@@ -64,7 +66,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrialResult:
-    label: str  # the row name or "path=value, ..."
+    label: str  # the row name or "path=value, ..." (with seeds: N > 1, plus " (seed S)")
     overrides: dict  # parameter path -> value of this trial
     metrics: dict  # final summary metrics (fid, kid, ... / mmd ...), or the last reported
     status: str  # FINISHED | FAILED | PRUNED (stopped early by the scheduler)
@@ -72,6 +74,8 @@ class TrialResult:
     trial_id: str = ""
     error: Optional[str] = None
     run_id: Optional[str] = None  # the tracker's child run
+    row: str = ""  # the row / grid point without the seed (tag drifting.row)
+    seed: Optional[int] = None  # the trial config's seed (tag drifting.seed)
 
 
 @dataclass
@@ -226,10 +230,11 @@ def run_sweep(
     resume: bool = False,  # continue the latest sweep of this experiment and preset
     verbose: int = 0,  # Tune's own console output (0: none; our progress lines are printed anyway)
     storage_path: Optional[str] = None,  # Tune state / Ray Train checkpoints: a shared dir or s3://bucket/prefix
+    seeds: Optional[int] = None,  # --seeds: every grid / rows trial N times (overrides the file's `seeds:`)
 ) -> SweepResult:
     """Validate the sweep file, then run it on Ray Tune; returns every trial's outcome.
     Raises `SweepInterrupted` on SIGINT / SIGTERM (the runs KILLED, nothing gathered)."""
-    spec = load_sweep(path, preset=preset, overrides=overrides)  # raises before Ray starts
+    spec = load_sweep(path, preset=preset, overrides=overrides, seeds=seeds)  # raises before Ray starts
     check_machine(spec)  # this machine's files and devices, unless a Ray cluster runs it
     preset_label = preset or (spec.preset or "default")
     sweep_name, sweep_dir = sweep_dir_for(spec, out_root, resume, preset_label)
@@ -404,7 +409,7 @@ def _open_parent(tracker: "SweepTracking", spec: SweepSpec, sweep_name: str, swe
     params = {
         "sweep_file": str(spec.path), "base": str(spec.base), "preset": preset_label, "search": spec.search,
         "num_samples": spec.num_samples, "metric": spec.metric.name, "mode": spec.metric.mode,
-        "scheduler": spec.scheduler.name, "workers": spec.resources.workers,
+        "scheduler": spec.scheduler.name, "workers": spec.resources.workers, "seeds": spec.seeds,
         "set": " ".join(spec.set + spec.overrides),
     }
     if spec.rows:
@@ -417,7 +422,7 @@ def _open_parent(tracker: "SweepTracking", spec: SweepSpec, sweep_name: str, swe
     existing: dict = {}
     if previous is not None:
         for run in tracker.child_runs(previous.info.run_id):
-            d = run.data.tags.get("drifting.trial_dir")
+            d = run.data.tags.get(TAG_TRIAL_DIR)
             if d and d not in existing:
                 existing[d] = (run.info.run_id, run.info.status)
         print(f"resuming sweep {sweep_name}: MLflow parent run {previous.info.run_id} ({len(existing)} trial runs)")
@@ -442,7 +447,7 @@ def _gather(grid, earlier: "list[TrialDir]", ctx: "SweepContext", callback: "Opt
             status, metrics, error = "PRUNED", result_metrics(r.metrics or {}), None
         out.append(TrialResult(
             label=t.label, overrides=t.params, metrics=metrics, status=status, trial_dir=str(tdir),
-            trial_id=trial_id, error=error, run_id=runs.get(trial_id),
+            trial_id=trial_id, error=error, run_id=runs.get(trial_id), row=t.row_label, seed=t.seed,
         ))
     seen = {t.trial_dir for t in out}
     for tdir in earlier:
@@ -453,10 +458,11 @@ def _gather(grid, earlier: "list[TrialDir]", ctx: "SweepContext", callback: "Opt
         status = "FINISHED" if tdir.finished else "PRUNED"
         out.append(TrialResult(
             label=rec["label"], overrides=rec["params"], metrics=tdir.final_metrics(), status=status,
-            trial_dir=str(tdir), run_id=prev[0],
+            trial_dir=str(tdir), run_id=prev[0], row=rec.get("row") or rec["label"], seed=rec.get("seed"),
         ))
-    order = {t.label: t.index for t in ctx.spec.trials}
-    return sorted(out, key=lambda t: (order.get(t.label, 10**9), t.trial_dir))
+    # plan order, the seeds of a row together (the plan itself is seed-major)
+    order = {t.label: (t.index, t.seed) for t in ctx.spec.trials}
+    return sorted(out, key=lambda t: (order.get(t.label, (10**9, 0)), t.trial_dir))
 
 
 def _finish(result: SweepResult, sweep_dir: Path, tracker: Any, parent_id: Optional[str]) -> None:

@@ -3,7 +3,7 @@
 A trial directory (`<sweep dir>/<trial dirname>`) is a run directory of the training loop
 plus the sweep's markers (file names in `rundir`):
 
-    trial.json     which trial this is: {"label", "params", "config" (Tune's)}
+    trial.json     which trial this is: {"label", "params", "config" (Tune's), "row", "seed"}
     summary.json   finished (the loop's final metrics)
     stopped.json   stopped early by the scheduler: done, never resumed
     fatal.json     a deterministic failure, so that Tune's retry fails at once
@@ -88,7 +88,7 @@ class TrialDir:
 
     def write_record(self, trial: Trial, config: dict) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        rundir.write_json(self.path / rundir.TRIAL, {"label": trial.label, "params": trial.params, "config": config})
+        rundir.write_json(self.path / rundir.TRIAL, {"label": trial.label, "params": trial.params, "config": config, "row": trial.row_label, "seed": trial.seed})
 
     def record(self) -> Optional[dict]:
         return rundir.read_json(self.path / rundir.TRIAL)

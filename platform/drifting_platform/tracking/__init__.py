@@ -33,15 +33,16 @@ from .store import (
 )
 from .tags import (
     TAG_CONFIG_HASH, TAG_ENCODER_MODEL, TAG_ENCODER_SHA, TAG_ENCODER_SOURCE, TAG_ENCODER_VERSION, TAG_ERROR, TAG_EXPERIMENT,
-    TAG_MODEL_INIT, TAG_MODEL_INIT_SHA, TAG_PARENT, TAG_REGISTERED, TAG_ROW, TAG_STATE, TAG_SWEEP, TAG_SWEEP_NAME, TAG_TRIAL,
-    artifact_tags,
+    TAG_FID_EXTRACTOR, TAG_MODEL_INIT, TAG_MODEL_INIT_SHA, TAG_PARENT, TAG_REGISTERED, TAG_ROW, TAG_SEED, TAG_STATE, TAG_SWEEP,
+    TAG_SWEEP_NAME, TAG_TRIAL, TAG_TRIAL_DIR, artifact_tags,
 )
 from .ui import UIProcess, latest_sweep, port_in_use, serve_ui, stop_ui, ui_command, ui_links, wait_for_ui
 
 __all__ = [
     "ENCODER_EXPERIMENT", "MAX_ERROR_LENGTH", "MAX_PARAM_VAL_LENGTH", "TAG_CONFIG_HASH", "TAG_ENCODER_MODEL",
-    "TAG_ENCODER_SHA", "TAG_ENCODER_SOURCE", "TAG_ENCODER_VERSION", "TAG_ERROR", "TAG_EXPERIMENT", "TAG_MODEL_INIT",
-    "TAG_MODEL_INIT_SHA", "TAG_PARENT", "TAG_REGISTERED", "TAG_ROW", "TAG_STATE", "TAG_SWEEP", "TAG_SWEEP_NAME", "TAG_TRIAL",
+    "TAG_ENCODER_SHA", "TAG_ENCODER_SOURCE", "TAG_ENCODER_VERSION", "TAG_ERROR", "TAG_EXPERIMENT", "TAG_FID_EXTRACTOR",
+    "TAG_MODEL_INIT", "TAG_MODEL_INIT_SHA", "TAG_PARENT", "TAG_REGISTERED", "TAG_ROW", "TAG_SEED", "TAG_STATE", "TAG_SWEEP",
+    "TAG_SWEEP_NAME", "TAG_TRIAL", "TAG_TRIAL_DIR",
     "SweepTracker", "TrackedRun", "TrackingUnavailable", "UIProcess", "artifact_tags", "check_tracking_store",
     "child_runs", "default_artifact_root", "download_encoder", "pinned_encoder_tags", "find_encoder_version",
     "find_latest_sweep", "latest_sweep", "port_in_use", "record_pretrain", "resolve_model_uri", "serve_ui", "stop_ui", "track_run", "tracking_uri",

@@ -282,6 +282,17 @@ class SweepTracker:
         out.sort(key=lambda r: (r.info.start_time or 0))
         return out
 
+    def artifact_paths(self, run_id: str, path: Optional[str] = None) -> list[str]:
+        """The artifact paths directly under ``path`` (default: the run's root) of a run."""
+        return [a.path for a in with_retry(self.client.list_artifacts, run_id, path)]
+
+    def download_artifact(self, run_id: str, path: str, dst_dir: PathLike) -> Path:
+        """Download artifact ``path`` of a run into the local folder ``dst_dir``; returns the file."""
+        Path(dst_dir).mkdir(parents=True, exist_ok=True)
+        # no "Downloading artifacts" bar: a report downloads one picture per row
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        return Path(with_retry(self.client.download_artifacts, run_id, path, str(dst_dir)))
+
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         """``[(step, value), ...]`` of one metric, sorted by step then time."""
         hist = with_retry(self.client.get_metric_history, run_id, key)
