@@ -539,8 +539,9 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], *, experiment: Optional[s
 
 
 def cfg_table_metrics(rows: Sequence[Mapping[str, Any]], metric: str = "fid") -> list[str]:
-    """The metrics of the CFG-scale table present in some row: ``metric`` then ``recall``."""
-    return [m for m in dict.fromkeys((metric, *CFG_EXTRA)) if any(m in (r.get("cfg") or {}) for r in rows)]
+    """The metrics of the CFG-scale table present in some row: ``metric`` (or fid, when the
+    sweep ranks by a metric without a curve, such as fid_best_alpha), then ``recall``."""
+    return [m for m in dict.fromkeys((metric, "fid", *CFG_EXTRA)) if any(m in (r.get("cfg") or {}) for r in rows)]
 
 
 def render_cfg_markdown(rows: Sequence[Mapping[str, Any]], *, metric: str = "fid", figure: Optional[str] = None) -> str:
@@ -822,7 +823,7 @@ def write_report(
     out_dir: Optional[str | Path] = None,
     *,
     uri: Optional[str] = None,
-    metric: str = "fid",
+    metric: Optional[str] = None,
     log_to_parent: bool = True,
     parent_id: Optional[str] = None,
 ) -> dict:
@@ -834,9 +835,11 @@ def write_report(
     ``log_to_parent``, log the files to the parent run under ``report/`` plus the Markdown
     as ``table.md``. Returns ``{"paths": {"md", "csv", "png"[, "grids"][, "cfg"]},
     "table_markdown", "rows", "parent_run_id"}``. Prints nothing. Raises ``LookupError``
-    when there is no sweep."""
+    when there is no sweep. ``metric``: the table's headline; default the sweep's own (the
+    parent run's param ``metric``, e.g. fid_best_alpha for cfg_gamma.yaml), else fid."""
     tracker = SweepTracker(experiment, uri=uri)
     parent_id = parent_id or _latest_sweep_id(tracker, experiment)
+    metric = metric or tracker.get_run(parent_id).data.params.get("metric") or "fid"
     rows = sweep_table(experiment, uri=tracker.uri, metric=metric, parent_id=parent_id)
     histories = metric_histories(rows, uri=tracker.uri)
 
