@@ -34,7 +34,8 @@ def toy_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("digits")
-    run_cli("train", str(CONFIGS / "digits.yaml"), "--preset", "smoke", "--out", str(out), "--quiet")
+    run_cli("train", str(CONFIGS / "digits.yaml"), "--preset", "smoke", "--out", str(out), "--quiet",
+            "--set", "eval.cfg_scales=[1.0, 2.5]")
     return out
 
 
@@ -52,6 +53,15 @@ def test_digits_summary_has_image_metrics(digits_run):
     summary = json.loads((digits_run / "summary.json").read_text())
     assert summary["steps"] == 6
     assert summary["fid"] > 0 and np.isfinite(summary["kid"])
+    # k-NN metrics, the classifier FID beside the headline, and which extractor it was
+    assert all(0 <= summary[k] <= 1 for k in ("precision", "recall", "coverage")) and summary["density"] >= 0
+    assert summary["fid_classifier"] > 0 and summary["fid_classifier"] != summary["fid"]
+    assert summary["fid_extractor"].startswith("digits-div-v1-")
+    # the CFG curve: alpha = 1 is the headline's own setting (same samples, same seed)
+    assert summary["alpha_1/fid"] == pytest.approx(summary["fid"], rel=1e-9)
+    assert summary["alpha_2.5/fid"] > 0 and 0 <= summary["alpha_2.5/recall"] <= 1
+    assert summary["best_alpha"] in (1.0, 2.5)
+    assert summary["fid_best_alpha"] == min(summary["alpha_1/fid"], summary["alpha_2.5/fid"])
     with np.load(digits_run / "samples.npz") as f:
         assert f["samples"].shape == (200, 1, 8, 8) and f["samples"].dtype == np.float32
         assert f["samples"].min() >= 0 and f["samples"].max() <= 1
