@@ -112,7 +112,9 @@ def test_mistake_is_one_line_and_leaves_nothing(case, results):
     assert _runs(tmp / "mlflow.db") == 0
     left = sorted(p.name for p in tmp.iterdir() if p.name not in ("home", "mlflow.db"))
     assert left == r["before"], f"left behind: {sorted(set(left) - set(r['before']))}"
-    assert r["seconds"] < 20, f"{case}: took {r['seconds']:.1f} s"
+    # how fast it refuses is printed by the fixture (-s), not asserted: tests never assert
+    # wall-clock times (it took 25 s here once while two training trials shared the CPU);
+    # "before any work" is asserted above: no Ray, no run, nothing written
 
 
 def test_no_eval_lists_only_the_files_it_wrote(tmp_path, isolated_home):

@@ -147,16 +147,13 @@ def test_malicious_checkpoint_never_runs_code(tmp_path):
 def test_unreachable_tracking_server_fails_before_anything_starts(tmp_path):
     port = free_port()  # nothing listens here
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}", "DRIFTING_HOME": str(tmp_path / "home")}
-    t0 = time.time()
     res = subprocess.run([CLI, "sweep", "antisymmetry.yaml", "--preset", "smoke"], capture_output=True, text=True, env=env, cwd=REPO)
-    took = time.time() - t0
     assert res.returncode != 0
     assert f"http://127.0.0.1:{port} is unreachable" in res.stderr and "Traceback" not in res.stderr, res.stderr
     assert not (tmp_path / "home" / "sweeps").exists()  # no sweep directory, no trial
     assert "Started a local Ray instance" not in res.stdout + res.stderr
     res = subprocess.run([sys.executable, "experiments/ablate_antisymmetry.py", "--preset", "smoke"], capture_output=True, text=True, env=env, cwd=REPO)
     assert res.returncode == 2 and "is unreachable" in res.stderr
-    assert took < 60  # sanity: it did not train (a smoke sweep takes minutes)
 
 
 def test_tracking_store_check_accepts_a_live_server_and_masks_credentials(tmp_path):
