@@ -707,11 +707,7 @@ def plot_report(
         cax.grid(alpha=0.3)
         if j == 0:
             cax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return _save_figure(fig, path)
 
 
 def plot_cfg(rows: Sequence[Mapping[str, Any]], path: str | Path, *, metric: str = "fid", title: Optional[str] = None) -> Optional[Path]:
@@ -742,6 +738,11 @@ def plot_cfg(rows: Sequence[Mapping[str, Any]], path: str | Path, *, metric: str
         ax.grid(alpha=0.3)
         if j == 0:
             ax.legend(fontsize=7, loc="best")
+    return _save_figure(fig, path, title)
+
+
+def _save_figure(fig, path: str | Path, title: Optional[str] = None) -> Path:
+    """Title (optional), tight layout, write the PNG (making its folder); returns its path."""
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
@@ -790,13 +791,7 @@ def plot_grids(images: Sequence[tuple[str, Path]], path: str | Path, *, title: O
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
         ax.set_title("\n".join(textwrap.wrap(label, 34)) or label, fontsize=9)
         ax.set_axis_off()
-    if title:
-        fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return _save_figure(fig, path, title)
 
 
 # --------------------------------------------------------------------------- the report

@@ -2,8 +2,8 @@
 
 Importing this module registers two extractors with torch-fidelity (idempotent):
 `DIGITS_DIV_EXTRACTOR` ("drifting-digits-div", extractor "digits-div", the default: the
-digits classifier's features and 8x8 pixels, equally weighted, so FID sees within-class
-diversity as well as fidelity; `digits_div.py`) and `DIGITS_EXTRACTOR` ("drifting-digits",
+digits classifier's features and within-class 8x8 pixel residuals, equally weighted, so FID
+sees within-class diversity as well as fidelity; `digits_div.py`) and `DIGITS_EXTRACTOR` ("drifting-digits",
 extractor "digits": the classifier's penultimate layer alone, `classifier.FEATURE_DIM` dims).
 Inception ("inception-v3-compat") is available only from a local weights file: nothing here
 ever downloads.
@@ -68,7 +68,25 @@ def uint8_to_unit(x: torch.Tensor) -> torch.Tensor:
     return x.float().div(255.0).mean(dim=1, keepdim=True)
 
 
-class DigitsFeatureExtractor(FeatureExtractorBase):
+def check_uint8_images(x) -> None:
+    """torch-fidelity hands extractors uint8 [N, 3, H, W]; anything else is a caller's error."""
+    if not (torch.is_tensor(x) and x.dtype == torch.uint8 and x.dim() == 4 and x.shape[1] == 3):
+        raise ValueError(f"expected uint8 images [N, 3, H, W], got {getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}")
+
+
+class _PlatformExtractor(FeatureExtractorBase):
+    """What our extractors share: plain CPU modules that torch-fidelity never compiles."""
+
+    @staticmethod
+    def can_be_compiled():
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile():
+        return torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+
+
+class DigitsFeatureExtractor(_PlatformExtractor):
     """torch-fidelity extractor over the platform's digits classifier.
 
     torch-fidelity builds it as `cls(name, features_list, **calculate_metrics_kwargs)`;
@@ -87,25 +105,17 @@ class DigitsFeatureExtractor(FeatureExtractorBase):
     def get_default_feature_layer_for_metric(metric):
         return {"isc": FEATURE_LOGITS, "fid": FEATURE_FEATURES, "kid": FEATURE_FEATURES, "prc": FEATURE_FEATURES}[metric]
 
-    @staticmethod
-    def can_be_compiled():
-        return False
-
-    @staticmethod
-    def get_dummy_input_for_compile():
-        return torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
-
     def forward(self, x):
-        if not (torch.is_tensor(x) and x.dtype == torch.uint8 and x.dim() == 4 and x.shape[1] == 3):
-            raise ValueError(f"expected uint8 images [N, 3, H, W], got {getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}")
+        check_uint8_images(x)
         f = self.net.features(uint8_to_unit(x))
         out = {FEATURE_FEATURES: f, FEATURE_LOGITS: self.net.logits_from_features(f)}
         return tuple(out[name] for name in self.features_list)
 
 
-class DigitsDivFeatureExtractor(FeatureExtractorBase):
+class DigitsDivFeatureExtractor(_PlatformExtractor):
     """torch-fidelity extractor over `digits_div.DigitsDiversityFeatures` (the headline
-    features of the small data sets: classifier features and 8x8 pixels, equally weighted)."""
+    features of the small data sets: classifier features and within-class 8x8 pixel
+    residuals, equally weighted)."""
 
     def __init__(self, name, features_list, **kwargs):
         super().__init__(name, features_list)
@@ -121,17 +131,8 @@ class DigitsDivFeatureExtractor(FeatureExtractorBase):
             raise ValueError("the digits-div features have no class logits: no Inception Score")
         return FEATURE_FEATURES
 
-    @staticmethod
-    def can_be_compiled():
-        return False
-
-    @staticmethod
-    def get_dummy_input_for_compile():
-        return torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
-
     def forward(self, x):
-        if not (torch.is_tensor(x) and x.dtype == torch.uint8 and x.dim() == 4 and x.shape[1] == 3):
-            raise ValueError(f"expected uint8 images [N, 3, H, W], got {getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}")
+        check_uint8_images(x)
         return (self.features(uint8_to_unit(x)).to(x.device),)
 
 
@@ -260,7 +261,7 @@ def image_metrics(samples01, reference01, *, extractor: str = "digits-div", ince
     (both float [N, C, H, W] in [0, 1]), all on one extractor's features.
 
     `extractor`: "digits-div" (the headline features of the small data sets: the digits
-    classifier's features and 8x8 pixels, `digits_div.py`), "digits" (the classifier's
+    classifier's features and within-class pixel residuals, `digits_div.py`), "digits" (the classifier's
     features alone) or "inception" (needs `inception_weights`, a local file; raises
     InceptionWeightsMissing otherwise). `metrics`: any of "fid", "kid", "prc" (precision /
     recall, k = `prc_k`, torch-fidelity's), "dc" (density / coverage, k = `dc_k`).

@@ -62,7 +62,8 @@ def evaluate_run(cfg: Config, dataset, generator: torch.nn.Module, out: Path, *,
             cls = image_metrics(torch.from_numpy(samples), ref, extractor="digits", reference_name=dataset.name, metrics=("fid",))
             metrics["fid_classifier"] = float(cls["fid"])
         metrics.update(cfg_curve(e.cfg_scales, lambda a: dataset.to_output(
-            generate(generator, labels, cfg_scale=a, seed=cfg.seed + 12345, batch_size=e.batch_size, device=device)), score))
+            generate(generator, labels, cfg_scale=a, seed=cfg.seed + 12345, batch_size=e.batch_size, device=device)), score,
+            known={float(e.cfg_scale): metrics}))
         if cfg.data.name == "digits":
             # an independent check: an sklearn classifier that shares nothing with the FID
             # features reads the generated digits, and per-class spread against the data's
@@ -80,13 +81,16 @@ def alpha_key(alpha: float, metric: str) -> str:
     return f"alpha_{float(alpha):g}/{metric}"
 
 
-def cfg_curve(scales, sample_at, score) -> dict:
+def cfg_curve(scales, sample_at, score, known=None) -> dict:
     """FID and precision / recall at each CFG scale: {alpha_<a>/fid, .../precision,
     .../recall, best_alpha, fid_best_alpha} ({} without scales). `sample_at(a)` gives
-    samples in output space, `score(x, metrics=...)` their image metrics."""
+    samples in output space, `score(x, metrics=...)` their image metrics; `known` maps a
+    scale whose metrics are already measured (the headline's) to them."""
     out: dict = {}
+    known = known or {}
     for a in scales:
-        m = score(sample_at(a), metrics=("fid", "prc"))
+        m = known[float(a)] if float(a) in known else score(sample_at(a), metrics=("fid", "prc"))
+        m = {k: m[k] for k in ("fid", "precision", "recall")}
         out.update({alpha_key(a, k): float(v) for k, v in m.items()})
     fids = {a: out[alpha_key(a, "fid")] for a in scales if np.isfinite(out[alpha_key(a, "fid")])}
     if fids:
