@@ -207,14 +207,32 @@ def test_run_sweep_rejects_bad_trial_before_ray(tmp_path, ray_down):
 @pytest.mark.parametrize("preset", ["smoke", "local"])
 def test_shipped_sweep_files_validate(name, preset):
     spec = load_sweep(REPO / "experiments" / f"{name}.yaml", preset=preset)
-    assert spec.metric == Metric(name="fid", mode="min")
+    # cfg_gamma ranks rows by their FID at their best CFG scale
+    assert spec.metric == Metric(name="fid_best_alpha" if name == "cfg_gamma" else "fid", mode="min")
+    # the local presets of the paper's tables run three seeds of every row
+    table = name not in ("hpo",)
+    assert spec.seeds == (3 if preset == "local" and table else 1)
+    first = [t for t in spec.trials if t.seed == spec.base_seed]  # one trial per row
+    rows = [t.row_label for t in first]
+    if spec.trials:
+        assert len(spec.trials) == spec.seeds * len(first)
     if name == "antisymmetry":
         assert [r.name for r in spec.rows] == ["V+ - V-", "1.5 V+ - V-", "V+ - 1.5 V-", "2 V+ - V-", "V+ - 2 V-", "V+ only"]
         assert spec.trial_config(spec.trials[-1].params).drift.repulsion_scale == 0.0
     if name == "temperature":
-        assert [t.label for t in spec.trials] == ["0.02", "0.05", "0.2", "all three"]
+        assert rows == ["0.02", "0.05", "0.2", "all three"]
     if name == "cfg_gamma":
-        assert [spec.trial_config(t.params).cfg.gamma for t in spec.trials] == [0.0, 0.25, 0.5, 0.75]
+        cfgs = [spec.trial_config(t.params) for t in first]
+        assert [(c.cfg.enabled, c.cfg.gamma) for c in cfgs] == [(False, None), (True, 0.25), (True, 0.5), (True, 0.75), (True, None)]
+        assert all(c.eval.cfg_scales == (1.0, 1.5, 2.0, 3.0, 4.0) for c in cfgs)
+    if name == "allocation":
+        from drifting_platform.reports import match_paper_label
+
+        # each row sits beside the paper row it scales (the label before the parentheses)
+        assert [match_paper_label(spec.name, r) for r in rows] == ["N_pos=1", "N_pos=16", "N_pos=32", "N_pos=64", "N_c=64,N_pos=64", None]
+        cfgs = [spec.trial_config(t.params).sampling for t in first]
+        assert [(c.n_classes, c.n_gen, c.n_pos) for c in cfgs] == [(10, 32, 1), (10, 32, 8), (10, 32, 16), (10, 32, 32), (5, 64, 64), (2, 160, 160)]
+        assert len({c.n_classes * c.n_gen for c in cfgs}) == 1  # one budget of generated samples
     if name == "hpo":
         assert spec.search == "optuna" and spec.scheduler.name == "asha"
         assert spec.num_samples == (2 if preset == "smoke" else 16)
@@ -222,14 +240,14 @@ def test_shipped_sweep_files_validate(name, preset):
         from drifting_platform.reports import match_paper_label
 
         # every row is the paper's row of the same name in `drifting-platform report`
-        assert [match_paper_label(spec.name, t.label) for t in spec.trials] == [t.label for t in spec.trials]
+        assert [match_paper_label(spec.name, r) for r in rows] == rows
         assert spec.trial_config(spec.trials[0].params).train.steps == (6 if preset == "smoke" else 700)
     if name == "normalization":
-        assert [t.label for t in spec.trials] == ["softmax x,y", "softmax y", "none"]
-        assert [spec.trial_config(t.params).drift.normalization for t in spec.trials] == ["xy", "y", "none"]
+        assert rows == ["softmax x,y", "softmax y", "none"]
+        assert [spec.trial_config(t.params).drift.normalization for t in first] == ["xy", "y", "none"]
     if name == "multiscale":
-        assert [t.label for t in spec.trials] == ["a-b", "a-c", "a-d"]
-        scales = [spec.trial_config(t.params).drift.feature_scales for t in spec.trials]
+        assert rows == ["a-b", "a-c", "a-d"]
+        scales = [spec.trial_config(t.params).drift.feature_scales for t in first]
         assert scales == [("loc", "global"), ("loc", "global", "patch2"), ("loc", "global", "patch2", "patch4")]
 
 
