@@ -156,7 +156,7 @@ class EvalConfig:
     num_samples: int = 2000  # generated samples for the final metrics
     cfg_scale: float = 1.0  # alpha used for the final metrics and sample grid
     # image feature extractor for FID / KID / precision-recall / density-coverage: digits-div
-    # (digits-classifier features + 8x8 pixels: sees fidelity and within-class diversity; also
+    # (digits-classifier features + within-class 8x8 pixel residuals: sees fidelity and within-class diversity; also
     # logs the classifier FID as fid_classifier), digits (the classifier alone), inception
     extractor: Literal["digits-div", "digits", "inception"] = "digits-div"
     inception_weights: Optional[str] = None  # local Inception weights file (never downloaded)

@@ -2,7 +2,7 @@
 
 Image data: FID, KID, precision / recall and density / coverage against the data set through
 torch-fidelity on one extractor's features (`eval.extractor`: "digits-div" by default, the
-digits classifier's features and 8x8 pixels, which see within-class diversity; "digits", the
+digits classifier's features and within-class 8x8 pixel residuals, which see diversity; "digits", the
 classifier alone; or Inception from a local weights file); with "digits-div" the classifier
 FID is added as `fid_classifier`. The extractor's identity is recorded as `fid_extractor`
 (summary.json; MLflow tag drifting.fid_extractor), so tables never mix extractors. The data

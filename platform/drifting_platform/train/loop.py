@@ -128,8 +128,9 @@ class _Run:
         self.cfg, self.ctx = cfg, ctx
         self.dataset, self.encoder, self.generator = build_components(cfg, ctx.device)
         _check_compatible(cfg, self.dataset)
-        self.scales = cfg.drift.feature_scales
-        if set(self.scales) != set(config_lib.FEATURE_SCALES):
+        # the scales of drift.feature_scales, or None when all are selected (nothing to pick)
+        self.scales = cfg.drift.feature_scales if set(cfg.drift.feature_scales) != set(config_lib.FEATURE_SCALES) else None
+        if self.scales is not None:
             # a selection that leaves no feature set fails here, before any data work
             select_feature_sets(self.encoder.feature_shapes(), self.scales)
         if s.n_classes % ctx.world != 0:
@@ -163,7 +164,7 @@ class _Run:
         if self.ctx.world > 1:
             self.model = DistributedDataParallel(self.generator, device_ids=[device.index] if device.type == "cuda" else None)
         self.bank, self.bank_info = prepare_feature_bank(self.cfg, self.encoder, self.data_x, autocast=self.amp)
-        if self.bank is not None:  # only the selected feature sets are looked up per step
+        if self.bank is not None and self.scales is not None:  # only the selected sets are looked up per step
             self.bank = select_feature_sets(self.bank, self.scales)
 
     def state(self, step: int) -> dict:
@@ -214,7 +215,7 @@ class _Run:
                 with torch.no_grad():
                     pos_f = encoder(x_pos)
                     unc_f = encoder(self.data_x[unc_idx]) if unc_idx is not None else None
-        pick = lambda f: select_feature_sets(f, self.scales) if f is not None else None  # noqa: E731
+        pick = lambda f: select_feature_sets(f, self.scales) if f is not None and self.scales is not None else f  # noqa: E731
         return x_gen, x_pos, pick(gen_f), pick(pos_f), pick(unc_f)
 
     def step(self, step: int) -> dict:
