@@ -40,8 +40,16 @@ def _rel_err(value: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 # the kernel's paths: all temperatures stacked (small problems), row chunks of one row,
-# row chunks of several rows; the result must not depend on which one runs
-CHUNKS = {"stacked": 1 << 30, "one_row": 1, "rows": 700}
+# row chunks of several rows, chunks of one whole class group (None: the size of one
+# group's kernel, see _chunk); the result must not depend on which one runs
+CHUNKS = {"stacked": 1 << 30, "one_row": 1, "rows": 100, "groups": None}
+
+
+def _chunk(name: str, gen, pos, neg) -> int:
+    """chunk_elems for path `name`: "groups" gets one class group's [C_g, N] kernel per chunk."""
+    if CHUNKS[name] is not None:
+        return CHUNKS[name]
+    return gen.shape[1] * (gen.shape[1] + pos.shape[1] + (neg.shape[1] if neg is not None else 0))
 
 
 @pytest.mark.parametrize("chunk", sorted(CHUNKS))
@@ -65,7 +73,7 @@ def test_matches_official_release(case, chunk):
             weight_pos=get("weight_pos"),
             weight_neg=get("weight_neg"),
             temperatures=temperatures,
-            chunk_elems=CHUNKS[chunk],
+            chunk_elems=_chunk(chunk, gen, get("pos"), get("neg")),
         )
         (grad,) = torch.autograd.grad(loss.sum(), gen)
 

@@ -13,8 +13,10 @@ import torch
 from drifting_platform.drift import NORMALIZATIONS, drift_field, drift_loss
 
 TEMPS = (0.02, 0.05, 0.2)
-# the kernel's paths: all temperatures stacked, row chunks of one row, of several rows
-CHUNKS = {"stacked": 1 << 30, "one_row": 1, "rows": 700}
+# the kernel's paths for _inputs' shapes (one group's kernel is 8 x 24 = 192 elements, the
+# batch's 3 x 192 per temperature): all temperatures stacked, row chunks of one row, of
+# several rows, chunks of one whole class group
+CHUNKS = {"stacked": 1 << 30, "one_row": 1, "rows": 100, "groups": 192}
 
 
 def _inputs(seed=0, B=3, C_g=8, C_p=12, C_n=4, S=6, shift=0.5):

@@ -58,9 +58,10 @@ _SCALE_FLOOR = 1e-3  # the feature scale never goes below this (collapsed / tiny
 _AFFINITY_FLOOR = 1e-6  # softmax_row * softmax_col is floored before the sqrt
 _SELF_DISTANCE = 100.0  # added to a generated sample's normalised distance to itself
 _RMS_FLOOR = 1e-8  # floor on a temperature's mean squared force before dividing by its root
-# rows of the [B, C_g, N] kernel are processed in chunks of about this many elements (4 MB), so that
-# the elementwise passes of a chunk stay in the CPU's cache and the working memory is the
-# same for any number of temperatures
+# the [B, C_g, N] kernel is processed in chunks of about this many elements (4 MB): whole class
+# groups when one group's [C_g, N] fits, else rows of generated samples; so the elementwise
+# passes of a chunk stay in the CPU's cache and the working memory is the same for any
+# number of temperatures
 _CHUNK_ELEMS = 1 << 20
 _EXP_MIN = -80.0  # exponents are clipped here: exp(-80) ~ 2e-35 is still a normal float32
 _LOG_MIN = -1e30  # "y" / "none": stands in for log(0) where a maximum must stay finite
@@ -134,8 +135,8 @@ def drift_loss(
             each worker holds an equal shard of the class groups, pass a mean that also
             averages over workers so N workers compute exactly the one-worker loss.
         chunk_elems: how many elements of the [B, C_g, N] kernel matrix are processed at
-            once (rows of generated samples in chunks; see ``_goal``). Only speed and memory
-            depend on it, not the result.
+            once (whole class groups, or rows of generated samples when one group is
+            larger; see ``_goal``). Only speed and memory depend on it, not the result.
         normalization: how the logits l = -dn / R become affinities A (see below): "xy"
             (softmax over targets and generated samples, the paper's default and the
             release's computation), "y" (softmax over the targets only) or "none" (the raw
@@ -270,6 +271,11 @@ def _goal(
     divided by its RMS and added to the total, so memory holds dn, one force and one
     chunk whatever the number of temperatures.
 
+    When one class group's [C_g, N] fits in a chunk (every problem of the digits and
+    ImageNet settings), chunks are whole groups instead (``_forces_by_group``): a group's
+    column softmax is then inside its chunk, and the fused log-softmaxes replace the two
+    passes. The row chunks below are for groups larger than a chunk.
+
     The other normalisations need no column pass: "y" and "none" compute each row's
     normalised force G_i and log mass q_i in one pass over the chunks (``_halves``; "y"
     subtracts 2 L_i from q) and rescale the rows by exp(q_i - max q) once every row is done
@@ -291,6 +297,12 @@ def _goal(
     if T * B * C_g * N <= chunk_elems:
         # small problems (op overhead dominates): every temperature at once
         total = _forces_stacked(dn, w, y, x, n_neg, temperatures, a, r, batch_mean, s_in, info, normalization, batch_max)
+        info["drift_norm"] = torch.linalg.vector_norm(total) / math.sqrt(total.numel())
+        return total, s_in, info
+    if C_g * N <= chunk_elems:
+        # whole class groups per chunk: the column softmax stays inside a chunk
+        total = _forces_by_group(dn, w, y, x, n_neg, temperatures, a, r, batch_mean, s_in, info, normalization, batch_max,
+                                 groups=max(1, chunk_elems // (C_g * N)))
         info["drift_norm"] = torch.linalg.vector_norm(total) / math.sqrt(total.numel())
         return total, s_in, info
     w_col = w.unsqueeze(1)  # [B, 1, N]
@@ -344,6 +356,43 @@ def _goal(
         total.add_(force.mul_(_normaliser(force, s_in, batch_mean, info, f"loss_R{R}")))
     info["drift_norm"] = torch.linalg.vector_norm(total) / math.sqrt(total.numel())
     return total, s_in, info
+
+
+def _forces_by_group(
+    dn: Tensor, w: Tensor, y: Tensor, x: Tensor, n_neg: int, temperatures: tuple[float, ...], a: float, r: float,
+    batch_mean: Callable[[Tensor], Tensor], s_in: Tensor, info: dict[str, Tensor], normalization: str,
+    batch_max: Callable[[Tensor], Tensor], *, groups: int,
+) -> Tensor:
+    """``_goal``'s forces in chunks of ``groups`` whole class groups (rows of the batch
+    dimension): a group's kernel [C_g, N] is complete inside its chunk, so both softmaxes
+    of "xy" are the fused log-softmaxes of ``_forces_stacked`` on the chunk (one pass over
+    the chunk per temperature instead of the row path's two) and the chunk stays in cache.
+    Each temperature's force is normalised once every chunk is done ("y" / "none" rescale
+    their rows by the batch's largest mass first, as on the other paths)."""
+    B, C_g, N = dn.shape
+    w_col = w.unsqueeze(1)  # [B, 1, N]
+    log_floor = math.log(_AFFINITY_FLOOR)
+    if normalization != "xy":
+        log_w, mask = w_col.log(), (w_col > 0).to(w.dtype)
+        q = torch.empty(B, C_g, 1, dtype=x.dtype, device=x.device)
+    spans = [(b, min(B, b + groups)) for b in range(0, B, groups)]
+    total = torch.zeros_like(x)
+    force = torch.empty_like(x)
+    for R in temperatures:
+        k = -1.0 / R
+        for b0, b1 in spans:
+            e = dn[b0:b1] * k  # the logits of the chunk's groups
+            if normalization == "xy":
+                e = torch.log_softmax(e, dim=-1).add_(torch.log_softmax(e, dim=-2))
+                e.clamp_(min=log_floor).mul_(0.5).exp_().mul_(w_col[b0:b1])
+            else:
+                softmax_lse = torch.logsumexp(e, dim=-1, keepdim=True) if normalization == "y" else None
+                q[b0:b1] = _halves(e, log_w[b0:b1], mask[b0:b1], n_neg, softmax_lse)
+            _chunk_force(e, y[b0:b1], x[b0:b1], force[b0:b1], n_neg, a, r)
+        if normalization != "xy":
+            force.mul_(_row_masses(q, batch_max))
+        total.add_(force.mul_(_normaliser(force, s_in, batch_mean, info, f"loss_R{R}")))
+    return total
 
 
 def _chunk_force(e: Tensor, y: Tensor, x: Tensor, f: Tensor, n_neg: int, a: float, r: float) -> None:
