@@ -358,6 +358,14 @@ def _goal(
     return total, s_in, info
 
 
+def _xy_affinity(logits: Tensor, w_col: Tensor) -> Tensor:
+    """"xy" affinities of whole class groups: logits [..., C_g, N] (every generated row of
+    each group) -> A = exp(max((l - L) + (l - K), log 1e-6) / 2) * w, through the fused
+    log-softmaxes over the targets (L) and over the generated samples (K)."""
+    e = torch.log_softmax(logits, dim=-1).add_(torch.log_softmax(logits, dim=-2))
+    return e.clamp_(min=math.log(_AFFINITY_FLOOR)).mul_(0.5).exp_().mul_(w_col)
+
+
 def _forces_by_group(
     dn: Tensor, w: Tensor, y: Tensor, x: Tensor, n_neg: int, temperatures: tuple[float, ...], a: float, r: float,
     batch_mean: Callable[[Tensor], Tensor], s_in: Tensor, info: dict[str, Tensor], normalization: str,
@@ -371,7 +379,6 @@ def _forces_by_group(
     their rows by the batch's largest mass first, as on the other paths)."""
     B, C_g, N = dn.shape
     w_col = w.unsqueeze(1)  # [B, 1, N]
-    log_floor = math.log(_AFFINITY_FLOOR)
     if normalization != "xy":
         log_w, mask = w_col.log(), (w_col > 0).to(w.dtype)
         q = torch.empty(B, C_g, 1, dtype=x.dtype, device=x.device)
@@ -383,8 +390,7 @@ def _forces_by_group(
         for b0, b1 in spans:
             e = dn[b0:b1] * k  # the logits of the chunk's groups
             if normalization == "xy":
-                e = torch.log_softmax(e, dim=-1).add_(torch.log_softmax(e, dim=-2))
-                e.clamp_(min=log_floor).mul_(0.5).exp_().mul_(w_col[b0:b1])
+                e = _xy_affinity(e, w_col[b0:b1])
             else:
                 softmax_lse = torch.logsumexp(e, dim=-1, keepdim=True) if normalization == "y" else None
                 q[b0:b1] = _halves(e, log_w[b0:b1], mask[b0:b1], n_neg, softmax_lse)
@@ -469,10 +475,7 @@ def _forces_stacked(
     B, C_g, N = dn.shape
     k = torch.tensor([-1.0 / t for t in temperatures], dtype=dn.dtype, device=dn.device).view(T, 1, 1, 1)
     if normalization == "xy":
-        logits = dn.unsqueeze(0) * k  # [T, B, C_g, N]
-        e = torch.log_softmax(logits, dim=-1).add_(torch.log_softmax(logits, dim=-2))
-        del logits
-        e.clamp_(min=math.log(_AFFINITY_FLOOR)).mul_(0.5).exp_().mul_(w.unsqueeze(1))
+        e = _xy_affinity(dn.unsqueeze(0) * k, w.unsqueeze(1))  # [T, B, C_g, N]
     else:
         e = dn.unsqueeze(0) * k
         w_col = w.unsqueeze(1)
