@@ -108,6 +108,32 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     assert steps == [2, 4, 6, 8]  # one continuous history, no duplicates
 
 
+def test_channels_last_trains_the_nchw_generator_up_to_rounding(tmp_path):
+    # train.channels_last changes the layout of the conv weights, not the computation: a
+    # run that resumes with the other layout continues it, and 6 steps of digits in either
+    # layout end at the same weights (up to float rounding)
+    over = ["train.steps=6", "train.ckpt_every=3", "train.log_every=3"]
+    ckpt = {}
+    for layout in ("true", "false"):
+        cfg = load_config(CONFIGS / "digits.yaml", "smoke", [*over, f"train.channels_last={layout}"])
+        training_loop(cfg, tmp_path / layout, progress=False, evaluate=False)
+        ckpt[layout] = load_checkpoint(tmp_path / layout)["generator"]
+    convs = [k for k, v in ckpt["true"].items() if v.dim() == 4]
+    assert convs and all(ckpt["true"][k].is_contiguous(memory_format=torch.channels_last) for k in convs)
+    assert all(ckpt["false"][k].is_contiguous() for k in convs)
+    for k in ckpt["true"]:
+        torch.testing.assert_close(ckpt["true"][k], ckpt["false"][k], rtol=1e-3, atol=1e-4)
+    # resume the channels-last run's step-3 state in NCHW: same result as above
+    half = load_config(CONFIGS / "digits.yaml", "smoke", [*over, "train.steps=3", "train.channels_last=true"])
+    training_loop(half, tmp_path / "mixed", progress=False, evaluate=False)
+    full = load_config(CONFIGS / "digits.yaml", "smoke", [*over, "train.channels_last=false"])
+    training_loop(full, tmp_path / "mixed", progress=False, evaluate=False)
+    mixed = load_checkpoint(tmp_path / "mixed")
+    assert mixed["step"] == 6
+    for k in ckpt["false"]:
+        torch.testing.assert_close(mixed["generator"][k], ckpt["false"][k], rtol=1e-3, atol=1e-4)
+
+
 def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
     bad = tmp_path / "checkpoint.pt"
     bad.write_bytes(b"not a checkpoint")
@@ -201,3 +227,25 @@ def test_quick_eval_reports_fid_every_n_steps(tmp_path):
     assert all(l["fid"] > 0 for l in lines if "fid" in l)
     with pytest.raises(ConfigError, match="train.eval_every"):
         load_config(CONFIGS / "digits.yaml", "smoke", ["train.log_every=3", "train.eval_every=4"])
+
+
+def test_class_spread_is_each_classes_std():
+    from drifting_platform.train.objective import class_spread
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 3, 4, 4, generator=g) * torch.arange(1, 51).reshape(50, 1, 1, 1)
+    y = torch.randint(0, 4, (50,), generator=g)
+    y[0] = 4  # class 4 has one sample: no spread
+    got = class_spread(x, y, 6, chunk=7)  # chunks that split classes; class 5 has none
+    want = [x[y == c].reshape(-1, 48).std(dim=0).mean() if (y == c).sum() > 1 else torch.tensor(0.0) for c in range(6)]
+    torch.testing.assert_close(got, torch.stack(want), rtol=1e-5, atol=1e-6)
+
+
+def test_one_positive_per_class_trains(tmp_path):
+    # the paper's N_pos = 1 row: the spread diagnostic's reference is the whole class, not
+    # the step's one positive (whose std is undefined and once stopped the run as "nan")
+    cfg = load_config(CONFIGS / "digits.yaml", "smoke", ["train.steps=3", "train.log_every=1", "sampling.n_pos=1"])
+    training_loop(cfg, tmp_path, progress=False, evaluate=False)
+    lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines] == [1, 2, 3]
+    assert all(0.05 < l["spread_ratio"] < 20 for l in lines)

@@ -96,9 +96,10 @@ def _pairwise_distance(x: Tensor, y: Tensor) -> Tensor:
     bmm instead of a [B, M, N, S] difference tensor. Its rounding leaves a sample's distance
     to itself at about 1e-4 instead of 0, which the golden ``scale`` includes.
     """
-    x2 = x.square().sum(-1, keepdim=True)  # [B, M, 1]
-    y2 = y.square().sum(-1).unsqueeze(-2)  # [B, 1, N]
-    d2 = torch.baddbmm(x2 + y2, x, y.transpose(1, 2), alpha=-2.0)
+    x2 = torch.einsum("bms,bms->bm", x, x).unsqueeze(-1)  # [B, M, 1], no [B, M, S] temporary
+    y2 = torch.einsum("bns,bns->bn", y, y).unsqueeze(-2)  # [B, 1, N]
+    # x2 broadcast into the output, y2 added in place: no [B, M, N] temporary to copy
+    d2 = torch.baddbmm(x2, x, y.transpose(1, 2), alpha=-2.0).add_(y2)
     return d2.clamp_(min=_DIST2_FLOOR).sqrt_()
 
 

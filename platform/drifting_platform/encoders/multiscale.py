@@ -41,9 +41,10 @@ def _patch_stats(fmap: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
     """
     h, w = fmap.shape[-2:]
     p = fmap[:, :, : (h // k) * k, : (w // k) * k]
-    # two passes through avg_pool (a strided reshape + var is ~10x slower on CPU)
+    # two passes through avg_pool (a strided reshape + var is ~10x slower on CPU); the mean
+    # subtracted is detached (the variance does not change with it: that gradient is zero)
     mean = F.avg_pool2d(p, k)  # [N, C, H/k, W/k]
-    d = p - F.interpolate(mean, scale_factor=k, mode="nearest")
+    d = p - F.interpolate(mean.detach(), scale_factor=k, mode="nearest")
     std = torch.sqrt(F.avg_pool2d(d * d, k) + STD_EPS)
     return mean.flatten(2).transpose(1, 2), std.flatten(2).transpose(1, 2)
 
@@ -63,11 +64,15 @@ def multiscale_features(fmap: torch.Tensor, prefix: str) -> dict[str, torch.Tens
         raise ValueError(f"multiscale_features expects [N, C, H, W], got {tuple(fmap.shape)}")
     fmap = fmap.float()
     n, c, h, w = fmap.shape
-    flat = fmap.flatten(2)  # [N, C, H*W]
+    flat = fmap.flatten(2)  # [N, C, H*W] (a view, for NCHW and channels-last maps alike)
+    mean = flat.mean(dim=2, keepdim=True)  # [N, C, 1]
+    # two-pass variance about the mean (Tensor.var is ~4x slower on CPU); the mean is
+    # detached: the variance does not change with it, so its gradient path is exactly zero
+    d = flat - mean.detach()
     out = {
         f"{prefix}.loc": flat.transpose(1, 2),
-        f"{prefix}.mean": flat.mean(dim=2).unsqueeze(1),
-        f"{prefix}.std": torch.sqrt(flat.var(dim=2, unbiased=False) + STD_EPS).unsqueeze(1),
+        f"{prefix}.mean": mean.transpose(1, 2),
+        f"{prefix}.std": torch.sqrt((d * d).mean(dim=2, keepdim=True) + STD_EPS).transpose(1, 2),
     }
     for k in (2, 4):
         if h >= k and w >= k:

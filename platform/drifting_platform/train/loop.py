@@ -44,7 +44,7 @@ from .kit import (
     EMA, Checkpointer, CheckpointHook, MetricWindow, Progress, Reporter, RunContext, StepLog, StepRNG, StopSignals, lr_factor,
     timing_summary, write_summary,
 )
-from .objective import group_drift_loss, spread_ratio
+from .objective import class_spread, group_drift_loss, spread_ratio
 
 # config sections that define what a checkpoint's weights mean; a resumed run must match
 # (train.feature_bank is not among them: banking does not change results)
@@ -128,6 +128,9 @@ class _Run:
         self.cfg, self.ctx = cfg, ctx
         self.dataset, self.encoder, self.generator = build_components(cfg, ctx.device)
         _check_compatible(cfg, self.dataset)
+        if tc.channels_last:  # before the optimiser and EMA see the parameters
+            self.generator.to(memory_format=torch.channels_last)
+            self.encoder.to(memory_format=torch.channels_last)
         # the scales of drift.feature_scales, or None when all are selected (nothing to pick)
         self.scales = cfg.drift.feature_scales if set(cfg.drift.feature_scales) != set(config_lib.FEATURE_SCALES) else None
         if self.scales is not None:
@@ -139,6 +142,7 @@ class _Run:
         self.sampler = sampler.shard(ctx.rank, ctx.world) if ctx.world > 1 else sampler
         self.n_groups = s.n_classes // ctx.world  # class groups of this rank
         self.data_x = self.dataset.x.to(ctx.device)
+        self.class_spread = class_spread(self.dataset.x, self.dataset.y, self.dataset.num_classes)  # spread_ratio's reference
         self.opt = torch.optim.AdamW(self.generator.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
         self.ema = EMA(self.generator, tc.ema_decay)
         self.start_step = 0
@@ -199,11 +203,10 @@ class _Run:
         return batch, labels, alpha[lo:hi].to(device), z[lo * s.n_gen : hi * s.n_gen].to(device)
 
     def _features(self, batch, labels, alpha, z):
-        """(generated samples, positives, features of both and of the unconditional samples),
-        the features restricted to the feature sets of `drift.feature_scales`."""
+        """(generated samples, features of them, of the positives and of the unconditional
+        samples), the features restricted to the feature sets of `drift.feature_scales`."""
         s, device, encoder = self.cfg.sampling, self.ctx.device, self.encoder
         pos_idx = batch.pos_idx.reshape(-1).to(device)
-        x_pos = self.data_x[pos_idx]
         with self.amp:
             x_gen = self.model(z, labels, alpha.repeat_interleave(s.n_gen))
             gen_f = encoder(x_gen)
@@ -213,16 +216,16 @@ class _Run:
                 unc_f = lookup(self.bank, unc_idx) if unc_idx is not None else None
             else:
                 with torch.no_grad():
-                    pos_f = encoder(x_pos)
+                    pos_f = encoder(self.data_x[pos_idx])
                     unc_f = encoder(self.data_x[unc_idx]) if unc_idx is not None else None
         pick = lambda f: select_feature_sets(f, self.scales) if f is not None and self.scales is not None else f  # noqa: E731
-        return x_gen, x_pos, pick(gen_f), pick(pos_f), pick(unc_f)
+        return x_gen, pick(gen_f), pick(pos_f), pick(unc_f)
 
     def step(self, step: int) -> dict:
         """One optimisation step; returns its metrics (loss, grad_norm, spread_ratio, the drift terms)."""
         cfg, s, tc = self.cfg, self.cfg.sampling, self.cfg.train
         batch, labels, alpha, z = self._draw(step)
-        x_gen, x_pos, gen_f, pos_f, unc_f = self._features(batch, labels, alpha, z)
+        x_gen, gen_f, pos_f, unc_f = self._features(batch, labels, alpha, z)
         unc_w = cfg_negative_weight(alpha, s.n_gen, s.n_unc) if unc_f is not None else None
         loss, metrics = group_drift_loss(
             {k: v.float() for k, v in gen_f.items()},
@@ -244,7 +247,7 @@ class _Run:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.generator.parameters(), tc.grad_clip)
         self.opt.step()
         self.ema.update(self.generator, step)
-        metrics.update(loss=float(loss.detach()), grad_norm=float(grad_norm), spread_ratio=spread_ratio(x_gen, x_pos, self.n_groups))
+        metrics.update(loss=float(loss.detach()), grad_norm=float(grad_norm), spread_ratio=spread_ratio(x_gen, self.class_spread[batch.classes.cpu()], self.n_groups))
         return metrics
 
     def summary(self, first_step_seconds: Optional[float]) -> dict:

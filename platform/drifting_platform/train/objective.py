@@ -83,13 +83,33 @@ def group_drift_loss(
     return total, metrics
 
 
-def spread_ratio(x_gen: torch.Tensor, x_pos: torch.Tensor, n_groups: int) -> float:
+def class_spread(x: torch.Tensor, y: torch.Tensor, num_classes: int, chunk: int = 65536) -> torch.Tensor:
+    """Each class's spread in the data: the std over the class's samples (ddof 1), averaged
+    over dimensions -> [num_classes] float32 (0 for a class with fewer than 2 samples). Two
+    passes over row chunks (the class means, then the squared deviations): any data size."""
+    flat = x.reshape(len(x), -1)
+    d = flat.shape[1]
+    count = torch.bincount(y, minlength=num_classes).to(torch.float64)
+    sums = torch.zeros(num_classes, d, dtype=torch.float64)
+    for i in range(0, len(flat), chunk):
+        sums.index_add_(0, y[i : i + chunk].cpu(), flat[i : i + chunk].cpu().double())
+    mean = sums / count.clamp(min=1).unsqueeze(1)
+    sq = torch.zeros(num_classes, d, dtype=torch.float64)
+    for i in range(0, len(flat), chunk):
+        yc = y[i : i + chunk].cpu()
+        sq.index_add_(0, yc, (flat[i : i + chunk].cpu().double() - mean[yc]).square())
+    var = sq / (count - 1).clamp(min=1).unsqueeze(1)
+    return var.sqrt().mean(dim=1).float()
+
+
+def spread_ratio(x_gen: torch.Tensor, data_spread: torch.Tensor, n_groups: int) -> float:
     """Collapse indicator: mean per-class std of generated samples / that of the data.
 
+    data_spread: [n_groups], the spread of each group's class in the whole data set
+    (`class_spread`; whole classes, so any number of positives per step, even one).
     ~1 when the generator covers its classes as widely as the data; -> 0 when it collapses.
     """
     g = x_gen.detach().reshape(n_groups, -1, x_gen[0].numel()).float()
-    p = x_pos.detach().reshape(n_groups, -1, x_pos[0].numel()).float()
-    gs = g.std(dim=1).mean()
-    ps = p.std(dim=1).mean().clamp_min(1e-12)
+    gs = g.std(dim=1).mean()  # n_gen >= 2 (config)
+    ps = data_spread.to(gs.device).float().mean().clamp_min(1e-12)
     return float(gs / ps)
