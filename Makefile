@@ -23,7 +23,7 @@ test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # the main job: the paper's anti-symmetry ablation on digits (Ray Tune + MLflow), one seed
-# per row, ~17 min on 2 cores (the local preset's three seeds: drop --seeds 1, ~50 min)
+# per row, ~12 min on 2 cores (the local preset's three seeds: drop --seeds 1, ~40 min)
 demo: venv
 	$(BIN)/python experiments/ablate_antisymmetry.py --preset local --seeds 1
 

@@ -7,7 +7,7 @@ sweep tracked in MLflow (a parent run, one child per row), then prints the FID t
 the paper's values beside and writes it as Markdown, CSV and a plot.
 
     python experiments/ablate_antisymmetry.py                  # local preset: 3 seeds, ~50 min on 2 CPUs
-    python experiments/ablate_antisymmetry.py --seeds 1        # one seed (make demo), ~17 min
+    python experiments/ablate_antisymmetry.py --seeds 1        # one seed (make demo), ~12 min
     python experiments/ablate_antisymmetry.py --preset smoke   # seconds per row
     ray job submit --working-dir . -- python experiments/ablate_antisymmetry.py --preset smoke
 
