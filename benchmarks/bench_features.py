@@ -77,9 +77,9 @@ def _train(cfg, run_dir: Path) -> tuple[list[float], dict, dict]:
     return _windows(run_dir), summary, load_checkpoint(run_dir / "checkpoint.pt")["generator"]
 
 
-def _max_diff(a: dict, b: dict) -> float:
+def _max_diff(a: dict, b: dict, what: str = "feature bank", rtol: float = 1e-5, atol: float = 1e-6) -> float:
     for k in a:  # raises when they differ beyond float tolerance
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=f"feature bank changed generator parameter {k}")
+        torch.testing.assert_close(a[k], b[k], rtol=rtol, atol=atol, msg=f"{what} changed generator parameter {k}")
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
 
 
@@ -195,9 +195,7 @@ def _channels_last_row(tmp: Path, *, steps: int, log_every: int) -> dict:
         got, _, w = _train(cfg, tmp / f"cl-{j}-{cl}")
         windows[cl] += got
         weights.setdefault(cl, w)
-    for k in weights[True]:
-        torch.testing.assert_close(weights[True][k], weights[False][k], rtol=1e-4, atol=1e-5, msg=f"channels_last changed {k}")
-    diff = max(float((weights[True][k] - weights[False][k]).abs().max()) for k in weights[True])
+    diff = _max_diff(weights[True], weights[False], "channels_last", rtol=1e-4, atol=1e-5)
     off_rate, on_rate = statistics.median(windows[False]), statistics.median(windows[True])
     return {
         "benchmark": "channels-last convolutions (train steps/s)",
