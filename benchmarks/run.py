@@ -26,6 +26,7 @@ MODULES = {
     "features": "bench_features",
     "orchestration": "bench_orchestration",
     "eval": "bench_eval",
+    "data": "bench_data",
 }
 
 

@@ -449,6 +449,52 @@ def data_export(name: str, out: str, options: tuple[str, ...]) -> None:
     click.echo(f"wrote {len(ds.x)} samples of {name} {tuple(ds.shape)} to {len(files)} shard(s) under {out}")
 
 
+@data.command("prepare")
+@click.argument("kind", type=click.Choice(["imagenet", "imagefolder"]))
+@click.argument("root", type=click.Path())
+@click.option("--out", "out", required=True, help="Output folder for the shards and manifest.json (local or s3://).")
+@click.option("--vae", "vae", default=None, help="VAE folder (save_pretrained) or a Hugging Face name in the local cache [stabilityai/sd-vae-ft-mse].")
+@click.option("--resolution", type=click.IntRange(min=8), default=256, show_default=True, help="ADM centre-crop side in pixels.")
+@click.option("--shard-size", type=click.IntRange(min=1), default=1024, show_default=True, help="Images per shard.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Images per VAE forward.")
+@click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True, help="Ray Data actors (0: this process, no Ray).")
+@click.option("--gpu", is_flag=True, help="One GPU per actor.")
+@click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True, help="Unreadable images: count and skip them, or stop naming the first.")
+@click.option("--name", default=None, help="Data set name recorded in the shards [imagenet, else the folder name].")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def data_prepare(kind: str, root: str, out: str, vae: str | None, resolution: int, shard_size: int, batch_size: int, workers: int,
+                 gpu: bool, on_error: str, name: str | None, quiet: bool) -> None:
+    """Turn an ImageFolder ROOT (ROOT/<class>/<image>; labels from the sorted class folders)
+    into SD-VAE latent shards under OUT: the release's ADM centre crop, the posterior moments
+    of each image and of its horizontal flip. A rerun skips the shards already written."""
+    from .data.prepare import PrepareError, make_plan
+    from .data.vae import DEFAULT_VAE, VAEError, resolve_vae_source, vae_files_sha256
+    from .launch.prepare import run_prepare
+    from .preflight import ResourceError, require_local_gpus, in_ray_cluster_context
+
+    source = vae or DEFAULT_VAE
+    try:  # everything that can be wrong with the input, before any image is encoded
+        folder = resolve_vae_source(source)
+        plan = make_plan(root, out, vae=source, vae_sha256=vae_files_sha256(folder), resolution=resolution, shard_size=shard_size,
+                         name=name or ("imagenet" if kind == "imagenet" else None), on_error=on_error, batch_size=batch_size)
+        if gpu and not in_ray_cluster_context():
+            require_local_gpus(1, "--gpu")
+    except (PrepareError, VAEError, ResourceError) as exc:
+        raise click.ClickException(str(exc)) from None
+    _check_writable(out)
+    if kind == "imagenet" and len(plan.classes) != 1000:
+        click.echo(f"note: {root} has {len(plan.classes)} class folders (ImageNet-1k has 1000)", err=True)
+    click.echo(f"{len(plan.items)} images of {len(plan.classes)} classes -> {plan.num_shards} shard(s) under {out}", err=True)
+    try:
+        res = run_prepare(plan, workers=workers, gpu=gpu, progress=not quiet)
+    except PrepareError as exc:  # --on-error fail: the unreadable image, named
+        raise click.ClickException(str(exc)) from None
+    m = res["manifest"]
+    failed = f", {len(m['failed'])} unreadable image(s) skipped (listed in manifest.json)" if m["failed"] else ""
+    click.echo(f"wrote {res['written']} shard(s), reused {len(res['skipped'])}: {m['rows']} latents {tuple(m['shape'])}{failed}; "
+               f"{res['images_per_second']:.1f} images/s")
+
+
 def _check_writable(out: str) -> None:
     """Refuse an --out where nothing can be written, leaving nothing behind: make the folder
     (and missing parents) and a probe file, then remove what was made. s3:// is not probed."""

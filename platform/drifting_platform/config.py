@@ -45,6 +45,15 @@ class DataConfig:
     root: Optional[str] = None  # torchvision sets: local root (never downloaded)
     path: Optional[str] = None  # shards: directory, glob or file of Parquet shards
     limit: Optional[int] = None  # keep the first `limit` samples (quick runs)
+    # prepared latent sets (name "prepared", path = a `data prepare` folder): stream them
+    # through per-class ring buffers (data/stream.py) or hold them in memory; auto streams
+    # when the moments of both flips exceed stream_above_mb
+    stream: Union[bool, Literal["auto"]] = "auto"
+    stream_above_mb: float = 4096.0
+    bank_size: int = 128  # ring buffer per class (the release's 128)
+    unc_bank_size: int = 1000  # the global buffer the unconditional samples come from
+    push_per_step: int = 64  # rows pushed into the buffers per step, per worker
+    reference_size: int = 10000  # streamed sets: rows kept in memory for evaluation
 
 
 @dataclass(frozen=True)
@@ -294,6 +303,14 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"model.init: only the release generators (release-*) load released weights; model.name is {cfg.model.name!r}")
         if cfg.model.kwargs:
             raise ConfigError(f"model.kwargs: the artifact in model.init fixes the architecture; remove {sorted(cfg.model.kwargs)}")
+    dc = cfg.data
+    for key in ("bank_size", "unc_bank_size", "reference_size"):
+        if getattr(dc, key) < 1:
+            raise ConfigError(f"data.{key}: must be >= 1, got {getattr(dc, key)}")
+    if dc.push_per_step < 0:
+        raise ConfigError(f"data.push_per_step: must be >= 0, got {dc.push_per_step}")
+    if not dc.stream_above_mb > 0:
+        raise ConfigError(f"data.stream_above_mb: must be > 0, got {dc.stream_above_mb}")
     if not d.temperatures:
         raise ConfigError("drift.temperatures: at least one temperature is needed")
     for i, tau in enumerate(d.temperatures):

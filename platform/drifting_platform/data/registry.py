@@ -13,7 +13,7 @@ from .toy import TOY_SETS, load_toy
 
 TOY_DATASETS = tuple(TOY_SETS)
 IMAGE_DATASETS = ("digits", *TORCHVISION_SETS)
-DATASETS = (*TOY_DATASETS, *IMAGE_DATASETS, "shards", "synthetic_latents")
+DATASETS = (*TOY_DATASETS, *IMAGE_DATASETS, "shards", "synthetic_latents", "prepared")
 
 
 def build_dataset(
@@ -31,7 +31,8 @@ def build_dataset(
     n: points to draw (toy sets, default 10000; synthetic_latents, default 1024);
     size: side length to resize images to (digits, torchvision sets, image shards);
     root: local torchvision root (mnist, fashion_mnist, cifar10); path: shards directory, glob,
-    file or list; limit: keep the first `limit` samples; seed: toy and synthetic draws.
+    file or list (prepared: a `data prepare` folder); limit: keep the first `limit` samples;
+    seed: toy and synthetic draws.
     An option the named set does not use raises ValueError (a likely config mistake).
     """
     if name in TOY_SETS:
@@ -53,6 +54,13 @@ def build_dataset(
                 raise ValueError(f"size applies to image shards only; these hold {ds.kind} data of shape {ds.shape}")
             x = resize_images((ds.x + 1.0) * 0.5, size).clamp_(0.0, 1.0) * 2.0 - 1.0
             ds = Dataset(x, ds.y, ds.num_classes, ds.kind, ds.name, tuple(x.shape[1:]))
+    elif name == "prepared":  # `data prepare`'s SD-VAE moments, in memory (streaming: train/loop.build_data)
+        reject_options(name, n=n, root=root, size=size)
+        if path is None:
+            raise ValueError("data set 'prepared' needs path= (data.path): a folder written by `drifting-platform data prepare`")
+        from .moments import load_prepared
+
+        return load_prepared(path, limit=limit)
     elif name == "synthetic_latents":
         reject_options(name, size=size, root=root, path=path)
         ds = make_synthetic_latents(1024 if n is None else check_positive_int(n, "n"), seed=seed)

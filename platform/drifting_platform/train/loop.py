@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .. import config as config_lib
 from ..config import Config
 from ..data import ClassGroupedSampler, build_dataset
+from ..data.stream import StreamingClassBanks
 from ..drift import cfg_negative_weight, sample_cfg_alpha
 from ..encoders import build_encoder, select_feature_sets
 from ..models import build_generator
@@ -60,8 +61,17 @@ class TrainingDiverged(RuntimeError):
 
 
 def build_data(cfg: Config):
-    """The config's data set (paths expanded; nothing is downloaded)."""
+    """The config's data set (paths expanded; nothing is downloaded). A prepared latent set
+    that is to be streamed (`data.stream`) comes back as its first `data.reference_size`
+    rows with `stream_files` set; the loop then draws its batches from `StreamingClassBanks`."""
     d = cfg.data
+    if d.name == "prepared" and d.path:
+        from ..data.moments import load_prepared, prepared_bytes
+
+        path = config_lib.expand_path(d.path, "data.path")
+        stream = d.stream if d.stream != "auto" else prepared_bytes(path) > d.stream_above_mb * 2**20
+        if stream:
+            return load_prepared(path, limit=min(d.reference_size, d.limit or d.reference_size), stream=True)
     return build_dataset(
         d.name, n=d.n, size=d.size, root=config_lib.expand_path(d.root, "data.root"),
         path=config_lib.expand_path(d.path, "data.path"), limit=d.limit, seed=cfg.seed,
@@ -138,15 +148,28 @@ class _Run:
             select_feature_sets(self.encoder.feature_shapes(), self.scales)
         if s.n_classes % ctx.world != 0:
             raise config_lib.ConfigError(f"sampling.n_classes: {s.n_classes} class groups cannot be split evenly over {ctx.world} workers")
-        sampler = ClassGroupedSampler(self.dataset.y, self.dataset.num_classes, n_classes=s.n_classes, n_pos=s.n_pos, n_unc=s.n_unc, seed=cfg.seed)
-        self.sampler = sampler.shard(ctx.rank, ctx.world) if ctx.world > 1 else sampler
+        self.use_cfg = cfg.cfg.enabled and self.dataset.num_classes > 1
+        # prepared latents: each draw is a fresh flip + posterior sample (in memory: `draw`;
+        # streamed: the ring buffers of StreamingClassBanks hand out latents directly)
+        self.draws = getattr(self.dataset, "moments", None) is not None
+        self.stream, self.sampler = None, None
+        if getattr(self.dataset, "stream_files", None):
+            ds, dc = self.dataset, cfg.data
+            self.stream = StreamingClassBanks(
+                ds.stream_files, num_classes=ds.num_classes, moments_shape=ds.moments_shape, scale=ds.scale, n_classes=s.n_classes,
+                n_pos=s.n_pos, n_unc=s.n_unc if self.use_cfg else 0, bank_size=dc.bank_size, unc_bank_size=dc.unc_bank_size,
+                push_per_step=dc.push_per_step, rank=ctx.rank, world=ctx.world, seed=cfg.seed,
+            )
+            self.stream_resumed = False
+        else:
+            sampler = ClassGroupedSampler(self.dataset.y, self.dataset.num_classes, n_classes=s.n_classes, n_pos=s.n_pos, n_unc=s.n_unc, seed=cfg.seed)
+            self.sampler = sampler.shard(ctx.rank, ctx.world) if ctx.world > 1 else sampler
         self.n_groups = s.n_classes // ctx.world  # class groups of this rank
         self.data_x = self.dataset.x.to(ctx.device)
         self.class_spread = class_spread(self.dataset.x, self.dataset.y, self.dataset.num_classes)  # spread_ratio's reference
         self.opt = torch.optim.AdamW(self.generator.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
         self.ema = EMA(self.generator, tc.ema_decay)
         self.start_step = 0
-        self.use_cfg = cfg.cfg.enabled and self.dataset.num_classes > 1
         self.amp = torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
 
     def restore(self, state: dict, path: Path) -> None:
@@ -155,8 +178,16 @@ class _Run:
         self.ema.model.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["optimizer"])
         self.start_step = int(state["step"])
-        for _ in range(self.start_step):  # replay the sampler so batches continue where they were
-            self.sampler.sample()
+        if self.stream is not None:  # the stream continues where the run left it (each rank its own)
+            expected = state.get("data_stream") if self.ctx.rank == 0 else None
+            try:
+                self.stream.resume(self.start_step, expected)
+            except ValueError as exc:
+                raise config_lib.ConfigError(f"data.path: cannot resume the stream: {exc}") from None
+            self.stream_resumed = True
+        else:
+            for _ in range(self.start_step):  # replay the sampler so batches continue where they were
+                self.sampler.sample()
         D.print0(f"resumed from {path} at step {self.start_step}")
 
     def prepare(self) -> None:
@@ -167,7 +198,14 @@ class _Run:
         self.model = self.generator
         if self.ctx.world > 1:
             self.model = DistributedDataParallel(self.generator, device_ids=[device.index] if device.type == "cuda" else None)
-        self.bank, self.bank_info = prepare_feature_bank(self.cfg, self.encoder, self.data_x, autocast=self.amp)
+        if self.stream is not None and not self.stream_resumed:
+            self.stream.fill()
+        if self.draws or self.stream is not None:  # no fixed set of data samples to bank
+            if self.cfg.train.feature_bank is True:
+                raise config_lib.ConfigError("train.feature_bank: prepared latents are drawn afresh (flip, posterior) every step; use auto or false")
+            self.bank, self.bank_info = None, {"enabled": False, "reason": "prepared latents: every draw is a fresh flip and posterior sample"}
+        else:
+            self.bank, self.bank_info = prepare_feature_bank(self.cfg, self.encoder, self.data_x, autocast=self.amp)
         if self.bank is not None and self.scales is not None:  # only the selected sets are looked up per step
             self.bank = select_feature_sets(self.bank, self.scales)
 
@@ -181,6 +219,7 @@ class _Run:
             "optimizer": self.opt.state_dict(),
             "config": config_lib.to_dict(self.cfg),
             "data": {"name": ds.name, "shape": list(ds.shape), "num_classes": int(ds.num_classes), "kind": ds.kind},
+            **({"data_stream": self.stream.state()} if self.stream is not None else {}),
         }
 
     def _draw(self, step: int):
@@ -190,7 +229,7 @@ class _Run:
         slice: N workers see exactly the batch that one worker would."""
         s, c, device, rank = self.cfg.sampling, self.cfg.cfg, self.ctx.device, self.ctx.rank
         rng = STEP_RNG(self.cfg.seed, step)
-        batch = self.sampler.sample()
+        batch = self.stream.sample(step) if self.stream is not None else self.sampler.sample()
         labels = batch.classes.to(device).repeat_interleave(s.n_gen)  # [N_c / world * n_gen]
         if not self.use_cfg:
             alpha = torch.ones(s.n_classes)
@@ -206,11 +245,19 @@ class _Run:
         """(generated samples, features of them, of the positives and of the unconditional
         samples), the features restricted to the feature sets of `drift.feature_scales`."""
         s, device, encoder = self.cfg.sampling, self.ctx.device, self.encoder
-        pos_idx = batch.pos_idx.reshape(-1).to(device)
         with self.amp:
             x_gen = self.model(z, labels, alpha.repeat_interleave(s.n_gen))
             gen_f = encoder(x_gen)
-            unc_idx = batch.unc_idx.to(device) if self.use_cfg and s.n_unc > 0 else None
+            use_unc = self.use_cfg and s.n_unc > 0
+            if self.stream is not None or self.draws:
+                pos_x, unc_x = self._data_draws(batch, use_unc)
+                with torch.no_grad():
+                    pos_f = encoder(pos_x.to(device))
+                    unc_f = encoder(unc_x.to(device)) if use_unc else None
+                pick = lambda f: select_feature_sets(f, self.scales) if f is not None and self.scales is not None else f  # noqa: E731
+                return x_gen, pick(gen_f), pick(pos_f), pick(unc_f)
+            pos_idx = batch.pos_idx.reshape(-1).to(device)
+            unc_idx = batch.unc_idx.to(device) if use_unc else None
             if self.bank is not None:
                 pos_f = lookup(self.bank, pos_idx)
                 unc_f = lookup(self.bank, unc_idx) if unc_idx is not None else None
@@ -221,9 +268,20 @@ class _Run:
         pick = lambda f: select_feature_sets(f, self.scales) if f is not None and self.scales is not None else f  # noqa: E731
         return x_gen, pick(gen_f), pick(pos_f), pick(unc_f)
 
+    def _data_draws(self, batch, use_unc: bool):
+        """(positives, unconditional samples) of a step on prepared latents: from the stream's
+        buffers, or drawn afresh from the in-memory moments (a generator per step and rank)."""
+        if self.stream is not None:
+            return batch.pos.reshape(-1, *batch.pos.shape[2:]), batch.unc
+        g = torch.Generator().manual_seed((STEP_RNG.seed_mult * self.cfg.seed + 104729 * self._step + self.ctx.rank + 1) % (2**63 - 1))
+        pos = self.dataset.draw(batch.pos_idx.reshape(-1), g)
+        unc = self.dataset.draw(batch.unc_idx, g) if use_unc else None
+        return pos, unc
+
     def step(self, step: int) -> dict:
         """One optimisation step; returns its metrics (loss, grad_norm, spread_ratio, the drift terms)."""
         cfg, s, tc = self.cfg, self.cfg.sampling, self.cfg.train
+        self._step = step
         batch, labels, alpha, z = self._draw(step)
         x_gen, gen_f, pos_f, unc_f = self._features(batch, labels, alpha, z)
         unc_w = cfg_negative_weight(alpha, s.n_gen, s.n_unc) if unc_f is not None else None
