@@ -226,6 +226,83 @@ def sample(run_dir: str, num: int, out: str, cfg_scale: float, seed: int, grid: 
     click.echo(f"wrote {num} samples {tuple(samples.shape[1:])} to {out}")
 
 
+@main.command()
+@click.argument("source")
+@click.option("--num", type=click.IntRange(min=20), default=50000, show_default=True, help="Samples per CFG scale (balanced over classes).")
+@click.option("--cfg-scale", "cfg_scales", type=click.FloatRange(min=1.0), multiple=True, help="CFG scale alpha; repeat for several [1.0].")
+@click.option("--ref", "ref", required=True, type=click.Path(dir_okay=False), help="Reference statistics .npz (mu, sigma; features for precision / recall).")
+@click.option("--extractor", type=click.Choice(["inception", "digits"]), default="inception", show_default=True)
+@click.option("--inception-weights", default=None, help="Local torch-fidelity Inception weights [$DRIFTING_INCEPTION_WEIGHTS].")
+@click.option("--vae", default=None, help="SD-VAE for latent generators (folder or cached HF name) [the data's, else stabilityai/sd-vae-ft-mse].")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Ray actors (0: this process).")
+@click.option("--gpu", is_flag=True, help="One GPU per actor.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=250, show_default=True)
+@click.option("--out", "out", default=None, type=click.Path(dir_okay=False), help="Results JSON [RUN_DIR/evaluation.json, else ./evaluation.json].")
+@click.option("--grid", default=None, type=click.Path(dir_okay=False), help="Also write a grid of samples at the best scale (PNG).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def evaluate(source: str, num: int, cfg_scales: tuple[float, ...], ref: str, extractor: str, inception_weights: str | None, vae: str | None,
+             workers: int, gpu: bool, seed: int, batch_size: int, out: str | None, grid: str | None, quiet: bool) -> None:
+    """The ImageNet protocol for SOURCE (a run directory, a release folder or hf://NAME):
+    NUM samples per CFG scale with balanced labels, latents decoded by the SD-VAE, FID
+    against REF's statistics, Inception Score (10 splits), precision / recall (k = 3, when REF
+    holds features). Inception weights come from a local file only."""
+    import os
+
+    from .data.vae import VAEError
+    from .eval.fidelity import InceptionWeightsMissing
+    from .eval.protocol import ReferenceError, read_reference
+    from .release import ReleaseError, is_release_source
+    from .train.checkpoint import CheckpointError
+
+    scales = list(cfg_scales) or [1.0]
+    weights = inception_weights or os.environ.get("DRIFTING_INCEPTION_WEIGHTS")
+    try:  # the inputs, before any model is built or worker started
+        read_reference(ref)
+        if extractor == "inception":
+            if not weights:
+                raise InceptionWeightsMissing("--inception-weights: the Inception extractor needs a local weights file (or $DRIFTING_INCEPTION_WEIGHTS); nothing is downloaded")
+            if not os.path.isfile(weights):
+                raise InceptionWeightsMissing(f"--inception-weights: {weights}: no such file")
+        if not is_release_source(source) and not (Path(source) / rundir.CHECKPOINT).is_file():
+            raise CheckpointError(f"{source}: not a run directory (no checkpoint.pt), a release artifact folder or hf://NAME")
+        if gpu:
+            from .preflight import in_ray_cluster_context, require_local_gpus
+
+            if not in_ray_cluster_context():
+                require_local_gpus(1, "--gpu")
+    except (ReferenceError, InceptionWeightsMissing, CheckpointError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except Exception as exc:  # ResourceError
+        raise click.ClickException(str(exc)) from None
+    if out is None:
+        out = str(Path(source) / "evaluation.json") if Path(source).is_dir() and not is_release_source(source) else "evaluation.json"
+    from .launch.evaluate import run_evaluation
+
+    try:
+        res = run_evaluation(source, num=num, cfg_scales=scales, ref=ref, vae=vae, extractor=extractor, inception_weights=weights,
+                             workers=workers, gpu=gpu, seed=seed, batch_size=batch_size, progress=not quiet, keep_images=100 if grid else 0)
+    except (ReferenceError, VAEError, ReleaseError, CheckpointError, InceptionWeightsMissing) as exc:
+        raise click.ClickException(str(exc)) from None
+    images = res.pop("images", None)
+    from .train.evaluate import alpha_key
+
+    for a in scales:
+        row = "  ".join(f"{k} {res[alpha_key(a, k)]:.3f}" for k in ("fid", "is", "precision", "recall") if alpha_key(a, k) in res)
+        click.echo(f"cfg {a:g}: {row}")
+    if "best_alpha" in res:
+        click.echo(f"best: cfg {res['best_alpha']:g}, FID {res['fid_best_alpha']:.3f} ({num} samples)")
+    payload = {"source": str(source), "ref": os.path.abspath(ref), "extractor": extractor, "seed": seed, "metrics": res}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(payload, indent=2) + "\n")
+    if grid and images is not None:
+        from torchvision.utils import save_image
+
+        Path(grid).parent.mkdir(parents=True, exist_ok=True)
+        save_image(images.float() / 255.0, grid, nrow=10, padding=1)
+    click.echo(f"wrote {out}" + (f" and {grid}" if grid else ""))
+
+
 @main.group()
 def release() -> None:
     """The authors' released models (Hugging Face Goodeat/drifting): inspect, convert.

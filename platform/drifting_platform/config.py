@@ -176,6 +176,16 @@ class EvalConfig:
     # CFG scales at which FID and precision / recall are also measured at the end of a run
     # (alpha_<a>/fid, ...; the CFG trade-off curve); empty = only cfg_scale
     cfg_scales: tuple[float, ...] = ()
+    # latent data: the SD-VAE that decodes samples for metrics, grids and samples.npz (a
+    # folder or a cached HF name); default: the VAE a prepared set records (data prepare)
+    vae: Optional[str] = None
+    # the ImageNet protocol inside training (train/protocol.py): every `every` steps (0: off),
+    # `protocol_samples` samples per scale of cfg_scales (else cfg_scale) against the reference
+    # statistics `ref` (.npz: mu, sigma[, features]); FID / IS / precision / recall per scale
+    # and the best are logged as eval/alpha_<a>/<metric>, eval/fid_best_alpha
+    every: int = 0
+    protocol_samples: int = 50000
+    ref: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -367,6 +377,14 @@ def validate(cfg: Config) -> Config:
     for i, a in enumerate(e.cfg_scales):
         if not a >= 1.0:
             raise ConfigError(f"eval.cfg_scales[{i}]: CFG scale alpha must be >= 1, got {a}")
+    if e.every < 0:
+        raise ConfigError(f"eval.every: must be >= 0, got {e.every}")
+    if e.every and not e.ref:
+        raise ConfigError("eval.ref: the in-training protocol (eval.every) needs reference statistics (.npz with mu, sigma)")
+    if e.every and e.every % t.log_every:
+        raise ConfigError(f"eval.every: must be a multiple of train.log_every ({t.log_every}), got {e.every}")
+    if e.protocol_samples < 20:
+        raise ConfigError(f"eval.protocol_samples: must be >= 20 (10 Inception-Score splits), got {e.protocol_samples}")
     return cfg
 
 

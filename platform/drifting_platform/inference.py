@@ -79,3 +79,41 @@ def sample_release(run: ReleaseRun, num: int, *, cfg_scale: float = 1.0, seed: i
     labels = balanced_labels(num, run.num_classes)
     x = generate(run.generator, labels, cfg_scale=cfg_scale, seed=seed, device=device)
     return x.numpy().astype(np.float32), labels.numpy().astype(np.int64)
+
+
+# --------------------------------------------------------------------------- the evaluation protocol
+
+
+def build_protocol_runner(source: str | Path, *, vae: str | None = None, extractor: str = "inception", inception_weights=None,
+                          device: str = "cpu", batch_size: int = 250):
+    """A `train.protocol.ProtocolRunner` for a run directory or a released generator.
+
+    Latent generators are decoded by an SD-VAE: `vae` (a folder or a cached HF name), else
+    the VAE a prepared data set records (checked by hash), else, for released latent models,
+    `stabilityai/sd-vae-ft-mse`. Raises CheckpointError / ReleaseError / VAEError /
+    InceptionWeightsMissing with what to do."""
+    from .data.vae import DEFAULT_VAE, VAEError
+    from .eval.protocol import ProtocolExtractor
+    from .release import is_release_source
+    from .train.protocol import LatentDecoder, ProtocolRunner
+
+    ext = ProtocolExtractor(extractor, inception_weights=inception_weights, device=device)
+    if is_release_source(source):
+        rel = load_release_run(source, device=device)
+        gen, k = rel.generator, rel.num_classes
+        latent = int(tuple(gen.data_shape)[0]) == 4
+        to_images = LatentDecoder(vae or DEFAULT_VAE, device=device) if latent else (lambda x: ((x + 1.0) * 0.5).clamp(0, 1))
+    else:
+        run = load_run(source, device=device)
+        gen, k, ds = run.generator, run.dataset.num_classes, run.dataset
+        if ds.kind == "image":
+            to_images = lambda x: torch.from_numpy(ds.to_output(x))  # noqa: E731
+        elif ds.kind == "latent":
+            known = getattr(ds, "vae", None) or {}
+            src = vae or known.get("source")
+            if not src:
+                raise VAEError(f"{source}: a latent run whose data records no VAE; pass --vae (a folder or a cached Hugging Face name)")
+            to_images = LatentDecoder(src, expected_sha256=known.get("sha256") or None, device=device)
+        else:
+            raise VAEError(f"{source}: a run on {ds.kind} data; the image protocol evaluates image and latent generators")
+    return ProtocolRunner(gen, k, to_images=to_images, extractor=ext, device=device, batch_size=batch_size)

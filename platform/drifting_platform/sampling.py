@@ -49,15 +49,17 @@ def generate(
     return torch.cat(out) if out else torch.empty(0)
 
 
-def write_samples(path: str | Path, samples: np.ndarray, labels: np.ndarray) -> Path:
+def write_samples(path: str | Path, samples: np.ndarray, labels: np.ndarray, **extra: np.ndarray) -> Path:
     """Atomically write the samples file (`drifting-platform sample`, samples.npz of a run):
-    `samples` float32 in output space, `labels` int64."""
+    `samples` float32 in output space, `labels` int64, and any `extra` arrays (a latent
+    run's `latents`, when `samples` are their decoded images)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.npz", dir=path.parent)
     os.close(fd)
     try:
-        np.savez(tmp, samples=np.asarray(samples, dtype=np.float32), labels=np.asarray(labels, dtype=np.int64))
+        np.savez(tmp, samples=np.asarray(samples, dtype=np.float32), labels=np.asarray(labels, dtype=np.int64),
+                 **{k: np.asarray(v, dtype=np.float32) for k, v in extra.items()})
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

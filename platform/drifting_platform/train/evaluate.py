@@ -29,12 +29,16 @@ from ..eval.digits_div import DigitsDiversityFeatures
 from ..eval.independent import diversity_ratio, label_accuracy
 from ..eval.metrics import fid_from_features, high_quality_fraction, mmd_rbf, modes_covered
 from ..sampling import balanced_labels, generate, write_grid, write_samples
+from .protocol import LatentDecoder, alpha_key  # noqa: F401 - alpha_key is imported from here too
 
 
 def evaluate_run(cfg: Config, dataset, generator: torch.nn.Module, out: Path, *, device="cpu") -> dict:
     e = cfg.eval
     labels = balanced_labels(e.num_samples, dataset.num_classes)
     x = generate(generator, labels, cfg_scale=e.cfg_scale, seed=cfg.seed + 12345, batch_size=e.batch_size, device=device)
+    decoder = latent_decoder(cfg, dataset, device=device)
+    if decoder is not None:  # latents decoded by their SD-VAE: images from here on
+        return _evaluate_images(cfg, dataset, generator, out, labels, x, decoder, device=device)
     samples = dataset.to_output(x)
     write_samples(out / rundir.SAMPLES, samples, labels.numpy())
     reference = dataset.to_output(dataset.x)
@@ -76,9 +80,39 @@ def evaluate_run(cfg: Config, dataset, generator: torch.nn.Module, out: Path, *,
     return metrics
 
 
-def alpha_key(alpha: float, metric: str) -> str:
-    """The metric name of `metric` at CFG scale `alpha`: alpha_1.5/fid."""
-    return f"alpha_{float(alpha):g}/{metric}"
+def latent_decoder(cfg: Config, dataset, *, device="cpu"):
+    """The SD-VAE decoder of a latent data set (`eval.vae`, else the VAE a prepared set
+    records, checked by hash), or None (not latents, or no VAE known)."""
+    if dataset.kind != "latent":
+        return None
+    known = getattr(dataset, "vae", None) or {}
+    source = expand_path(cfg.eval.vae, "eval.vae") if cfg.eval.vae else known.get("source")
+    if not source or source == "synthetic":
+        return None
+    return LatentDecoder(source, expected_sha256=known.get("sha256") or None, device=device)
+
+
+def _evaluate_images(cfg: Config, dataset, generator, out: Path, labels, x, decoder, *, device="cpu") -> dict:
+    """The image metrics of decoded latents against the decoded data (as many reference rows
+    as samples, at most the set): FID / KID / precision-recall / density-coverage on
+    `eval.extractor`, the CFG curve, a grid; samples.npz holds the images and the latents."""
+    from ..eval.fidelity import extractor_identity, image_metrics
+
+    e = cfg.eval
+    images = decoder(x).numpy()
+    write_samples(out / rundir.SAMPLES, images, labels.numpy(), latents=dataset.to_output(x))
+    n_ref = min(len(dataset.x), max(len(images), 1000))
+    ref = decoder(dataset.x[:n_ref])
+    weights = expand_path(e.inception_weights, "eval.inception_weights") if e.extractor == "inception" else None
+    score = lambda x01, **kw: image_metrics(torch.from_numpy(x01), ref, extractor=e.extractor, inception_weights=weights,  # noqa: E731
+                                            reference_name=f"{dataset.name}-decoded", **kw)
+    metrics = {k: float(v) for k, v in score(images).items()}
+    metrics.update(cfg_curve(e.cfg_scales, lambda a: decoder(
+        generate(generator, labels, cfg_scale=a, seed=cfg.seed + 12345, batch_size=e.batch_size, device=device)).numpy(), score,
+        known={float(e.cfg_scale): metrics}))
+    write_grid(out / rundir.GRID, images, labels.numpy())
+    metrics["fid_extractor"] = extractor_identity(e.extractor, inception_weights=weights)
+    return metrics
 
 
 def cfg_curve(scales, sample_at, score, known=None) -> dict:
@@ -130,3 +164,33 @@ class QuickEval:
             with torch.no_grad():
                 return {"fid": float(fid_from_features(self.features(out).numpy(), self.ref.numpy()))}
         return {"mmd": float(mmd_rbf(out, self.ref))}
+
+
+class ProtocolEval:
+    """The ImageNet protocol inside training (`eval.every`): `eval.protocol_samples` samples of
+    the EMA generator per CFG scale (`eval.cfg_scales`, else `eval.cfg_scale`), decoded when
+    latent, against the statistics in `eval.ref`; returns {eval/alpha_<a>/fid, .../is,
+    .../precision, .../recall, eval/best_alpha, eval/fid_best_alpha}."""
+
+    def __init__(self, cfg: Config, dataset, generator: torch.nn.Module, *, device="cpu"):
+        from ..eval.protocol import ProtocolExtractor, read_reference
+        from .protocol import ProtocolRunner
+
+        e = cfg.eval
+        self.cfg = cfg
+        self.ref = read_reference(expand_path(e.ref, "eval.ref"))
+        name = "inception" if e.extractor == "inception" else "digits"
+        weights = expand_path(e.inception_weights, "eval.inception_weights") if name == "inception" else None
+        decoder = latent_decoder(cfg, dataset, device=device)
+        to_images = decoder if decoder is not None else (lambda x: torch.from_numpy(dataset.to_output(x)))
+        self.runner = ProtocolRunner(generator, dataset.num_classes, to_images=to_images,
+                                     extractor=ProtocolExtractor(name, inception_weights=weights, device=device), device=device,
+                                     batch_size=e.batch_size)
+        self.scales = list(e.cfg_scales) or [e.cfg_scale]
+
+    def __call__(self) -> dict:
+        from .protocol import evaluate_protocol
+
+        out = evaluate_protocol(self.runner, num=self.cfg.eval.protocol_samples, cfg_scales=self.scales, ref=self.ref, seed=self.cfg.seed + 4242)
+        out.pop("num_samples", None)
+        return {f"eval/{k}": float(v) for k, v in out.items()}

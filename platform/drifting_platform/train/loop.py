@@ -39,7 +39,7 @@ from ..encoders import build_encoder, select_feature_sets
 from ..models import build_generator
 from ..release import ReleaseError, load_release
 from . import distributed as D
-from .evaluate import QuickEval, evaluate_run
+from .evaluate import ProtocolEval, QuickEval, evaluate_run
 from .feature_bank import lookup, prepare_feature_bank
 from .kit import (
     EMA, Checkpointer, CheckpointHook, MetricWindow, Progress, Reporter, RunContext, StepLog, StepRNG, StopSignals, lr_factor,
@@ -357,6 +357,7 @@ def _train(cfg: Config, out_dir, stop: StopSignals, *, reporter, resume, progres
     run.prepare()
     bar = Progress(progress and ctx.main, total=tc.steps, initial=run.start_step, desc=cfg.name)
     quick = QuickEval(cfg, run.dataset, n=tc.eval_samples, device=ctx.device) if tc.eval_every and ctx.main else None
+    protocol = ProtocolEval(cfg, run.dataset, run.ema.model, device=ctx.device) if cfg.eval.every and ctx.main else None
 
     window = MetricWindow()
     first_step_seconds = None  # setup (data, encoder, bank, model) + one step
@@ -388,6 +389,9 @@ def _train(cfg: Config, out_dir, stop: StopSignals, *, reporter, resume, progres
                 # the last step's quick evaluation is left to the final one (no fid logged twice)
                 if quick is not None and done % tc.eval_every == 0 and not (evaluate and last):
                     avg.update(quick(run.ema.model))
+                    window.restart_clock()
+                if protocol is not None and done % cfg.eval.every == 0:  # the release's periodic FID over cfg scales
+                    avg.update(protocol())
                     window.restart_clock()
                 log(done, avg)
             # checkpoint: every train.ckpt_every steps, at the end, and after SIGINT / SIGTERM
