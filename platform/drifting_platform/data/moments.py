@@ -181,14 +181,9 @@ def write_moment_shards(moments: np.ndarray, moments_flip: np.ndarray, labels: n
                         shard_size: int = 1024, name: str = "synthetic", scaling_factor: float = 0.18215, vae: Optional[dict] = None) -> list[str]:
     """Write given moments as prepared shards plus a manifest (tests and benchmarks: large
     prepared sets without encoding images). Returns the shard paths."""
-    import json
-
-    import pyarrow as pa
-
-    from .prepare import build_manifest, plan_shards, shard_name, write_manifest, write_shard
+    from .prepare import build_manifest, moments_table, plan_shards, shard_name, write_manifest, write_shard
 
     n = len(labels)
-    d = int(np.prod(moments.shape[1:]))
     vae = vae or {"source": "synthetic", "sha256": "", "scaling_factor": scaling_factor}
     ranges = plan_shards(n, shard_size)
     paths, metas = [], []
@@ -199,12 +194,7 @@ def write_moment_shards(moments: np.ndarray, moments_flip: np.ndarray, labels: n
                 "num_classes": int(num_classes), "name": name, "resolution": 0, "scaling_factor": float(scaling_factor), "vae": vae,
                 "shard": [i, len(ranges)], "shard_key": f"synthetic-{i}", "counts": counts, "failed": []}
 
-        def col(a):
-            return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(a, np.float32).reshape(-1), type=pa.float32()), d)
-
-        table = pa.table({"moments": col(moments[lo:hi]), "moments_flip": col(moments_flip[lo:hi]), "label": pa.array(y),
-                          "path": pa.array([f"{j}" for j in range(lo, hi)], type=pa.string())})
-        table = table.replace_schema_metadata({k.encode(): json.dumps(v, sort_keys=True).encode() for k, v in meta.items()})
+        table = moments_table(moments[lo:hi], moments_flip[lo:hi], y, [f"{j}" for j in range(lo, hi)], meta)
         paths.append(write_shard(table, out, shard_name(i, len(ranges))))
         metas.append(meta)
     write_manifest(build_manifest(metas, classes=[str(c) for c in range(num_classes)], root="synthetic", num_images=n, shard_size=shard_size, seed=0), out)

@@ -210,8 +210,6 @@ def encode_shard(
     UnreadableImage naming it. `encode` (images [-1, 1] -> moments) defaults to
     `vae.encode_moments`; the batches are fixed by `batch_size`, so a shard is the same
     whenever it is made."""
-    import pyarrow as pa
-
     from .vae import encode_moments, scaling_factor
 
     if on_error not in ON_ERROR:
@@ -240,7 +238,6 @@ def encode_shard(
         c = int(vae.config.latent_channels)
         f = int(2 ** (len(vae.config.block_out_channels) - 1))
         m = mf = np.zeros((0, 2 * c, resolution // f, resolution // f), np.float32)
-    d = int(np.prod(m.shape[1:]))
     counts = {str(int(c)): int(n) for c, n in zip(*np.unique(labels, return_counts=True))}
     meta = {
         "format": FORMAT,
@@ -258,16 +255,26 @@ def encode_shard(
         "failed": failed,
     }
 
+    table = moments_table(m, mf, labels, [g[0] for g in good], meta)
+    return ShardResult(int(index), table, len(good), counts, failed)
+
+
+def moments_table(moments: np.ndarray, moments_flip: np.ndarray, labels: np.ndarray, paths: Sequence[str], meta: dict):
+    """One shard's pyarrow table: the columns of the module doc, `meta` as JSON schema metadata."""
+    import pyarrow as pa
+
+    d = int(np.prod(moments.shape[1:]))
+
     def col(a: np.ndarray):
         return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(a, np.float32).reshape(-1), type=pa.float32()), d)
 
     table = pa.table({
-        "moments": col(m),
-        "moments_flip": col(mf),
-        "label": pa.array(labels, type=pa.int64()),
-        "path": pa.array([g[0] for g in good], type=pa.string()),
-    }).replace_schema_metadata({k.encode(): json.dumps(v, sort_keys=True).encode() for k, v in meta.items()})
-    return ShardResult(int(index), table, len(good), counts, failed)
+        "moments": col(moments),
+        "moments_flip": col(moments_flip),
+        "label": pa.array(np.asarray(labels, np.int64), type=pa.int64()),
+        "path": pa.array(list(paths), type=pa.string()),
+    })
+    return table.replace_schema_metadata({k.encode(): json.dumps(v, sort_keys=True).encode() for k, v in meta.items()})
 
 
 # --------------------------------------------------------------------------- files

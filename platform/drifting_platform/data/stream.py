@@ -87,6 +87,7 @@ class StreamingClassBanks:
         self._order: Optional[np.ndarray] = None  # this epoch's shard order
         self._rows: Optional[dict] = None  # the shard being read, rows permuted
         self._rows_key: Optional[tuple] = None
+        self._sizes: dict[int, int] = {}  # rows per shard, from footers (skip)
 
     # ------------------------------------------------------------------ the stream
 
@@ -212,8 +213,6 @@ class StreamingClassBanks:
 
     def _rows_in(self, i: int) -> int:
         """Rows of this rank's shard i (from the Parquet footer; cached)."""
-        if not hasattr(self, "_sizes"):
-            self._sizes = {}
         if i not in self._sizes:
             import pyarrow.parquet as pq
 
