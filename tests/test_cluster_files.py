@@ -12,9 +12,11 @@ from __future__ import annotations
 import copy
 import importlib.metadata
 import importlib.util
+import os
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -381,6 +383,42 @@ def test_rayjob_preset_trials_run_on_the_gpu_workers():
     cfg = spec.trial_config(spec.trials[0].params)
     assert spec.resources.gpu is True, "the RayJob brings GPU workers, the sweep should use them"
     assert cfg.train.device in ("cuda", "auto")
+
+
+@pytest.mark.parametrize("sweep", ["antisymmetry.yaml", "encoder.yaml"])
+def test_paper_presets_are_the_release_setting_on_gpu_workers(sweep, monkeypatch, tmp_path):
+    """The sweep files' paper presets load and validate as a cluster job would (RAY_ADDRESS
+    set: the GPUs are the cluster's), every trial is the release's ablation setting."""
+    from drifting_platform.launch.spec import load_sweep
+
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head.invalid:10001")
+    monkeypatch.setenv("DRIFTING_DATA", str(tmp_path))
+    spec = load_sweep(EXPERIMENTS / sweep, preset="paper")
+    assert spec.resources.gpu is True and spec.trials
+    for t in spec.trials:
+        cfg = spec.trial_config(t.params)
+        assert (cfg.model.name, cfg.data.name, cfg.data.stream, cfg.encoder.name) == ("release-b/2", "prepared", True, "release_mae")
+        assert (cfg.sampling.n_classes, cfg.sampling.n_gen, cfg.sampling.n_pos, cfg.sampling.n_unc) == (64, 64, 64, 16)
+        assert (cfg.train.lr, cfg.train.warmup_steps, cfg.train.steps, cfg.train.ema_decay, cfg.train.precision) == (2e-4, 5000, 30000, 0.999, "bf16")
+        assert cfg.eval.every == 5000 and cfg.eval.cfg_scales[0] == 1.0 and cfg.eval.cfg_scales[-1] == 3.5
+    sources = {spec.trial_config(t.params).encoder.source for t in spec.trials}
+    assert "hf://mae_latent_256" in sources
+    for enc in spec.encoders.values():  # encoders pre-trained for the paper preset: on the latents, on GPUs
+        assert enc.data.name == "prepared" and enc.train.device == "cuda" and enc.release_mae.base_channels >= 256
+
+
+def test_paper_preset_shows_and_names_what_this_machine_lacks(tmp_path):
+    """`config show ... --preset paper` prints the validated config; without the data it says
+    which variable is missing instead of a traceback."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DRIFTING_DATA", "DRIFTING_INCEPTION_WEIGHTS")}
+    cmd = [sys.executable, "-m", "drifting_platform.cli", "config", "show", str(EXPERIMENTS / "configs" / "digits.yaml"), "--preset", "paper"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode != 0 and "DRIFTING_" in r.stderr and "is not set" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run(cmd + ["--no-machine-check"], capture_output=True, text=True, timeout=120,
+                       env={**env, "DRIFTING_DATA": str(tmp_path), "DRIFTING_INCEPTION_WEIGHTS": str(tmp_path / "w.pth")})
+    assert r.returncode == 0, r.stderr
+    shown = yaml.safe_load(r.stdout.split("\n# presets")[0])
+    assert shown["model"]["name"] == "release-b/2" and shown["encoder"]["source"] == "hf://mae_latent_256"
 
 
 # --------------------------------------------------------------------------- runtime env file

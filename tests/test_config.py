@@ -96,7 +96,12 @@ def test_shipped_configs_and_presets_load(name):
 
 def test_paper_preset_is_table8():
     cfg = load_config(CONFIGS / "digits.yaml", "paper")
-    assert cfg.model.name == "dit-b/2" and cfg.data.name == "shards"
+    assert cfg.model.name == "release-b/2" and cfg.data.name == "prepared" and cfg.data.stream is True
+    assert (cfg.data.bank_size, cfg.data.unc_bank_size) == (128, 1000)
+    assert (cfg.encoder.name, cfg.encoder.source) == ("release_mae", "hf://mae_latent_256")
+    assert cfg.train.precision == "bf16" and cfg.train.device == "cuda"
+    e = cfg.eval
+    assert (e.every, e.protocol_samples, e.cfg_scales) == (5000, 50000, (1.0, 1.5, 2.0, 2.5, 3.0, 3.5))
     s, t = cfg.sampling, cfg.train
     assert (s.n_classes, s.n_gen, s.n_pos, s.n_unc) == (64, 64, 64, 16)
     assert (t.lr, t.weight_decay, t.warmup_steps, t.grad_clip, t.steps, t.ema_decay) == (2e-4, 0.01, 5000, 2.0, 30000, 0.999)

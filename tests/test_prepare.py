@@ -218,3 +218,55 @@ def test_prepare_on_ray_data_actors(folder, vae_dir, tmp_path):
     assert torch.equal(a.y, b.y)
     torch.testing.assert_close(a.moments, b.moments, atol=1e-4, rtol=0)
     assert json.loads((tmp_path / "ray" / MANIFEST).read_text())["counts"] == local["manifest"]["counts"]
+
+
+# --------------------------------------------------------------------------- a sweep's `prepare:`
+
+
+def _sweep_with_prepare(tmp_path, prepare: str):
+    (tmp_path / "s.yaml").write_text(
+        f"base: {os.path.abspath('experiments/configs/digits.yaml')}\npreset: smoke\n"
+        f"rows: [{{name: a, set: {{drift.attraction_scale: 1.0}}}}]\nprepare: {prepare}\n")
+    return tmp_path / "s.yaml"
+
+
+def test_sweep_prepare_section_is_checked_before_anything_runs(tmp_path, isolated_home):
+    from drifting_platform.launch.spec import SweepError, load_sweep
+
+    cases = {
+        "{images: no/such/folder}": r"^prepare\.images: 'no/such/folder' is neither",
+        "{resolution: 30, vae_widths: [8, 8, 8]}": r"^prepare\.vae_widths: 3 widths downsample by 4, which does not divide prepare\.resolution 30",
+        "{shard_size: 0}": r"^prepare\.shard_size: must be >= 1",
+        "{imagez: digits}": r"^prepare\.imagez: unknown key",
+    }
+    for body, match in cases.items():
+        with pytest.raises(SweepError, match=match):
+            load_sweep(_sweep_with_prepare(tmp_path, body))
+    assert not (isolated_home / "data").exists()  # nothing made by a refused file
+
+
+def test_sweep_prepare_makes_the_latent_set_once_and_trials_train_on_it(tmp_path, isolated_home):
+    from drifting_platform.eval.protocol import read_reference
+    from drifting_platform.launch.data_jobs import prepare_sweep_data
+    from drifting_platform.launch.spec import load_sweep
+
+    spec = load_sweep(_sweep_with_prepare(tmp_path, "{images: digits, resolution: 16, vae_widths: [8, 16], limit: 60, shard_size: 25, workers: 0}"))
+    out = spec.prepare_out
+    assert out.startswith(str(isolated_home / "data" / "s-"))
+    cfg = spec.trial_config(spec.trials[0].params)
+    assert (cfg.data.name, cfg.data.path, cfg.data.size, cfg.eval.ref) == ("prepared", f"{out}/latents", None, f"{out}/reference.npz")
+    # a process killed while writing the image folder leaves only a temporary folder behind
+    os.makedirs(f"{out}/.images-999/digit_0")
+    first = prepare_sweep_data(spec.prepare, out, workers=1)
+    assert not first["reused"] and first["rows"] == 60 and first["shape"] == [4, 8, 8]
+    assert sorted(os.listdir(f"{out}/images")) == [f"digit_{c}" for c in range(10)]
+    ds = load_prepared(first["path"])
+    assert len(ds) == 60 and ds.manifest["vae"]["source"] == f"{out}/vae"
+    ref = read_reference(first["reference"])
+    assert ref["features"].shape[0] == 60 and ref["mu"].shape == (ref["features"].shape[1],)
+    stamp = os.path.getmtime(f"{out}/latents/{MANIFEST}")
+    again = prepare_sweep_data(spec.prepare, out, workers=1)
+    assert again["reused"] and os.path.getmtime(f"{out}/latents/{MANIFEST}") == stamp
+    # a different setting is a different set
+    other = load_sweep(_sweep_with_prepare(tmp_path, "{images: digits, resolution: 16, vae_widths: [8, 16], limit: 50}"))
+    assert other.prepare_out != out

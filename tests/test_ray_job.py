@@ -5,8 +5,9 @@ would: it holds Ray's default dashboard and dashboard-agent ports, the cause of 
 available agent" that `ray start --head` with default ports met). Then the README's bash block
 runs in a temporary copy of the repository (Ray's --working-dir), with two substitutions: the
 venv's absolute path for `.venv` (the copy has none; uploading a venv is not the point) and free
-ports for the README's example ports (any free ports do, as the README says). Both ablations must
-succeed, their runs land in the store named by MLFLOW_TRACKING_URI, `kill %1` must stop the head
+ports for the README's example ports (any free ports do, as the README says). Every job must
+succeed (the two smoke ablations and the paper path in miniature: prepared latents, the
+release generator, decoded samples), their runs land in the store named by MLFLOW_TRACKING_URI, `kill %1` must stop the head
 it started, and the other Ray must still be running afterwards (which `ray stop` would not
 allow). Only processes this test started are ended.
 """
@@ -21,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import REPO, free_port
 
@@ -111,7 +113,7 @@ def test_readme_ray_job_commands_beside_another_ray(tmp_path):
             ["bash", str(tmp_path / "readme.sh")], cwd=work, env=env,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )
-        out, _ = head.communicate(timeout=900)
+        out, _ = head.communicate(timeout=2400)
         took = time.monotonic() - t0
         print(f"README Ray-job commands: {took:.0f} s")
         log = (tmp_path / "ray-head.log").read_text(errors="replace") if (tmp_path / "ray-head.log").exists() else ""
@@ -136,11 +138,23 @@ def test_readme_ray_job_commands_beside_another_ray(tmp_path):
     exp = client.get_experiment_by_name("antisymmetry")
     assert exp is not None
     runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and len(children) == 6
-    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children)
-    assert all(r.info.status == "FINISHED" and "fid" in r.data.metrics for r in children)
+    parents = {r.data.tags["drifting.preset"]: r for r in runs if "mlflow.parentRunId" not in r.data.tags}
+    assert sorted(parents) == ["paper-mini", "smoke"]
+    for preset, parent in parents.items():
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert len(children) == 6, preset
+        assert all(r.info.status == "FINISHED" and "fid" in r.data.metrics for r in children)
+    # the paper path in miniature: every child trained the release generator on prepared
+    # SD-VAE latents and logged decoded samples, the grid and the in-training protocol
+    mini = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents["paper-mini"].info.run_id]
+    for r in mini:
+        assert r.data.params["data.name"] == "prepared" and r.data.params["model.name"] == "release-s/2"
+        assert r.data.params["encoder.name"] == "release_mae"
+        assert "eval/fid_best_alpha" in r.data.metrics and "alpha_2/fid" in r.data.metrics
+        names = {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert {"samples.npz", "samples.png"} <= names, names
+        z = np.load(client.download_artifacts(r.info.run_id, "samples.npz", str(tmp_path / r.info.run_id)))
+        assert z["samples"].shape[1:] == (3, 32, 32) and z["latents"].shape[1:] == (4, 8, 8)
 
     enc = client.get_experiment_by_name("encoder")
     runs = client.search_runs([enc.experiment_id])

@@ -23,6 +23,8 @@ A sweep file names a base config and what varies:
     encoders:                     # learned encoders the rows use (pre-trained or reused)
       mae-w32: {config: encoders/mae_digits32.yaml, preset: local, set: [backbone.widths=[32,64,128]]}
     rows: [{name: "MAE w32", encoder: mae-w32}]   # sets encoder.name / encoder.source
+    prepare:                      # latent data made before any trial (launch/data_jobs.py)
+      {images: digits, resolution: 32, vae: random}  # every trial: data.name=prepared, data.path=<it>
 
 Every error is a `SweepError` (a `ConfigError`) whose message starts with the key path.
 The small sections (`resources`, `scheduler`, `metric`, a row, an encoder) are frozen
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -48,7 +51,7 @@ SEARCHES = ("grid", "optuna")
 SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 TOP_KEYS = (
     "name", "base", "preset", "set", "space", "rows", "search", "seeds", "num_samples", "scheduler",
-    "resources", "max_concurrent", "max_failures", "metric", "presets", "encoders",
+    "resources", "max_concurrent", "max_failures", "metric", "presets", "encoders", "prepare",
 )
 PRESET_KEYS = tuple(k for k in TOP_KEYS if k not in ("name", "base", "presets"))
 
@@ -97,6 +100,35 @@ class _EncoderEntry:
 
 
 @dataclass(frozen=True)
+class PrepareData:
+    """`prepare:` the prepared latent set every trial trains on, made (or reused) before any
+    trial by `data_jobs.prepare_sweep_data`: an ImageFolder (the built-in `digits` written as
+    RGB images at `resolution`, or a folder, relative to the sweep file) through an SD-VAE
+    (`random`: a randomly initialised AutoencoderKL of `vae_widths`; else a VAE folder or a
+    cached Hugging Face name) into posterior-moment shards on Ray Data actors, plus the
+    reference statistics of the decoded data on the digits extractor (`reference.npz`, for
+    `eval.ref`). Written under `out` (default $DRIFTING_HOME/data/<sweep name>-<hash>)."""
+
+    images: str = "digits"
+    resolution: int = 32
+    vae: str = "random"
+    vae_widths: tuple[int, ...] = (16, 32, 32)  # random VAE: spatial factor 2 ** (len - 1)
+    latent_channels: int = 4
+    shard_size: int = 256
+    limit: Optional[int] = None  # the first `limit` images of the built-in set
+    workers: Optional[int] = None  # Ray Data actors (default: the sweep's concurrent trials)
+    out: Optional[str] = None
+
+    def fingerprint(self) -> str:
+        """What decides the prepared set's content (not where it goes or how many actors)."""
+        import hashlib
+        import json
+
+        body = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("workers", "out")}
+        return hashlib.sha256(json.dumps(body, sort_keys=True, default=list).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
 class SweepSpec:
     path: Path
     name: str
@@ -120,6 +152,10 @@ class SweepSpec:
     encoders: dict = field(default_factory=dict)
     # grid / rows: every row / grid point runs `seeds` times, config seed = base seed + k
     seeds: int = 1
+    # `prepare:` the latent set made before any trial, and the folder it goes to (its
+    # `latents/` is every trial's data.path, its `reference.npz` the decoded data's statistics)
+    prepare: Optional[PrepareData] = None
+    prepare_out: Optional[str] = None
 
     @property
     def base_seed(self) -> int:
@@ -362,6 +398,40 @@ def _check_search(search: str, num_samples: int, space: Optional[dict], rows: Op
                 raise _err(f"space.{path}.grid", "search: optuna takes choice / uniform / loguniform / randint, not grid", file)
 
 
+BUILTIN_IMAGES = ("digits",)  # image sets `prepare.images` can write as an ImageFolder
+
+
+def _prepare(raw: Any, name: str, file: Path) -> tuple[Optional[PrepareData], Optional[str]]:
+    """`prepare:` -> (PrepareData with `images` resolved, its output folder), or (None, None)."""
+    if raw is None:
+        return None, None
+    p = _build(PrepareData, raw, "prepare", file)
+    for key in ("resolution", "latent_channels", "shard_size"):
+        if getattr(p, key) < 1:
+            raise _err(f"prepare.{key}", f"must be >= 1, got {getattr(p, key)}", file)
+    if p.resolution < 8:
+        raise _err("prepare.resolution", f"must be >= 8 pixels, got {p.resolution}", file)
+    if p.limit is not None and p.limit < 1:
+        raise _err("prepare.limit", f"must be >= 1, got {p.limit}", file)
+    if p.workers is not None and p.workers < 0:
+        raise _err("prepare.workers", f"must be >= 0 (0: in the driver, no Ray Data), got {p.workers}", file)
+    if p.vae == "random":
+        if not p.vae_widths or min(p.vae_widths) < 1:
+            raise _err("prepare.vae_widths", f"expected a non-empty list of positive widths, got {list(p.vae_widths)}", file)
+        factor = 2 ** (len(p.vae_widths) - 1)
+        if p.resolution % factor:
+            raise _err("prepare.vae_widths", f"{len(p.vae_widths)} widths downsample by {factor}, which does not divide prepare.resolution {p.resolution}", file)
+    if p.images not in BUILTIN_IMAGES:
+        folder = (file.parent / os.path.expanduser(p.images)).resolve()
+        if not folder.is_dir():
+            raise _err("prepare.images", f"{p.images!r} is neither a built-in image set ({', '.join(BUILTIN_IMAGES)}) nor an ImageFolder folder ({folder} does not exist)", file)
+        p = dataclasses.replace(p, images=str(folder))
+    from ..home import drifting_home
+
+    out = os.path.expanduser(p.out) if p.out else str(drifting_home(create=False) / "data" / f"{name}-{p.fingerprint()}")
+    return p, str(Path(out).absolute())
+
+
 def load_sweep(path: str | Path, *, preset: Optional[str] = None, overrides: tuple[str, ...] | list[str] = (), seeds: Optional[int] = None) -> SweepSpec:
     """Read and fully validate a sweep file (no Ray). Raises SweepError naming the key path.
     `seeds` (the command line's --seeds) overrides the file's `seeds:`."""
@@ -427,6 +497,10 @@ def load_sweep(path: str | Path, *, preset: Optional[str] = None, overrides: tup
         raise _err("space" if has_space else "rows", "give exactly one of `space` (a parameter space) or `rows` (named variants)", file)
     space = _space(raw["space"], file) if has_space else None
     encoders = _encoders(raw.get("encoders"), file, preset)
+    prepare, prepare_out = _prepare(raw.get("prepare"), name, file)
+    if prepare is not None:  # every trial trains on the prepared set (made at run time)
+        sets = tuple(sets) + ("data.name=prepared", f"data.path={prepare_out}/latents", "data.size=null", "data.limit=null",
+                                f"eval.ref={prepare_out}/reference.npz")
     rows = _rows(raw["rows"], file, encoders) if has_rows else None
     swept = set(space or {}) | {p for r in rows or () for p in r.set}
     for item in overrides:
@@ -447,7 +521,7 @@ def load_sweep(path: str | Path, *, preset: Optional[str] = None, overrides: tup
         resources=resources, max_concurrent=max_concurrent, metric=metric, max_failures=max_failures,
         base_raw=C.resolve_raw(C.read_yaml(base), base_preset, list(sets) + list(overrides)),
         encoders={k: v for k, v in encoders.items() if any(r.encoder == k for r in rows or ())},
-        seeds=n_seeds,
+        seeds=n_seeds, prepare=prepare, prepare_out=prepare_out,
     )
     if search == "grid":
         spec = dataclasses.replace(spec, trials=plan_trials(space, rows, seeds=n_seeds, base_seed=spec.base_seed))

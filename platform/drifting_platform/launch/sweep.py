@@ -10,7 +10,8 @@ The flow, one module per step:
    times, seeds base + 0..N-1). A bad file or an unreachable tracking store fails here.
 2. `plan.py` places the sweep: its directory, the trials' resources against the cluster,
    Tune's param_space (the values themselves), the Optuna search and its resume, ASHA.
-   `encoder_jobs.prepare_encoders` pre-trains the encoders the rows use and pins them.
+   `encoder_jobs.prepare_encoders` pre-trains the encoders the rows use and pins them;
+   `data_jobs.prepare_sweep_data` makes the prepared latent set of a `prepare:` section.
 3. The tracker opens (or, with --resume, reopens) the sweep's parent run;
    `callback.TrackingCallback` writes every child run from this (the driver) process.
 4. Tune runs `trial.run_trial` once per grid point / row (and seed) / Optuna sample, each in
@@ -279,6 +280,10 @@ def _run(spec: SweepSpec, preset_label: str, sweep_name: str, sweep_dir: Path, t
         trial_res, cap = plan.plan_resources(spec, cluster)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         pinned: dict = {}
+        if spec.prepare is not None:  # the latent set every trial trains on (made or reused)
+            from .data_jobs import prepare_sweep_data
+
+            prepare_sweep_data(spec.prepare, spec.prepare_out, workers=cap)
         if spec.encoders:
             spec, pinned = prepare_encoders(spec, cpus=spec.resources.cpus_per_trial, concurrency=cap)
         root = plan.storage_root(spec, storage_path, sweep_name)
