@@ -183,20 +183,28 @@ def test_bad_config_fails_before_work(tmp_path):
         training_loop(cfg, tmp_path / "r2", progress=False)
 
 
-def test_paper_preset_runs_on_a_synthetic_shard(tmp_path):
-    """The paper preset's code path (shards -> DiT -> CFG) on a tiny synthetic latent shard."""
-    from drifting_platform.data import make_synthetic_latents, write_shards
+def test_paper_preset_runs_on_synthetic_prepared_latents(tmp_path):
+    """The paper preset's code path (prepared latents streamed into class banks -> the
+    release generator in a release Latent-MAE's features -> CFG, bf16) at toy sizes: the
+    same preset with smaller banks, network widths and counts."""
+    from drifting_platform.data.moments import write_moment_shards
 
-    write_shards(make_synthetic_latents(64, shape=(4, 8, 8), num_classes=4, seed=0), tmp_path / "shards", shard_size=32)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 96)
+    m = np.concatenate([y[:, None, None, None] + 0.1 * rng.standard_normal((96, 4, 8, 8)), np.full((96, 4, 8, 8), -4.0)], 1).astype(np.float32)
+    write_moment_shards(m, m[:, :, :, ::-1].copy(), y, tmp_path / "prepared", num_classes=4, shard_size=32)
     over = [
-        f"data.path={tmp_path / 'shards'}", "model.name=dit-s/2", "encoder.kwargs.widths=[8, 16]",
+        f"data.path={tmp_path / 'prepared'}", "data.bank_size=8", "data.unc_bank_size=16", "data.push_per_step=8",
+        "model.name=release-s/2", "encoder.source=null", "encoder.kwargs={base_channels: 32, layers: [1, 1, 1, 1]}",
         "sampling.n_classes=2", "sampling.n_gen=4", "sampling.n_pos=4", "sampling.n_unc=4",
-        "train.steps=2", "train.device=cpu", "train.precision=bf16", "train.warmup_steps=1",
-        "eval.num_samples=8", "eval.extractor=digits", "eval.inception_weights=null",
+        "train.steps=2", "train.device=cpu", "train.warmup_steps=1",
+        "eval.num_samples=8", "eval.extractor=digits", "eval.inception_weights=null", "eval.every=0", "eval.cfg_scales=[]",
     ]
     cfg = load_config(CONFIGS / "digits.yaml", "paper", over)
+    assert (cfg.data.name, cfg.data.stream, cfg.model.name, cfg.encoder.name, cfg.train.precision) == ("prepared", True, "release-s/2", "release_mae", "bf16")
     summary = training_loop(cfg, tmp_path / "run", progress=False)
     assert summary["steps"] == 2
+    assert "data_stream" in torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     with np.load(tmp_path / "run" / "samples.npz") as f:
         assert f["samples"].shape == (8, 4, 8, 8)
 
