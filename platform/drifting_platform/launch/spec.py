@@ -107,7 +107,8 @@ class PrepareData:
     (`random`: a randomly initialised AutoencoderKL of `vae_widths`; else a VAE folder or a
     cached Hugging Face name) into posterior-moment shards on Ray Data actors, plus the
     reference statistics of the decoded data on the digits extractor (`reference.npz`, for
-    `eval.ref`). Written under `out` (default $DRIFTING_HOME/data/<sweep name>-<hash>)."""
+    `eval.ref`). Written under `out` (default $DRIFTING_HOME/data/<sweep name>-<hash>; on a
+    cluster of several nodes, a folder every node sees, as the trials read it)."""
 
     images: str = "digits"
     resolution: int = 32
