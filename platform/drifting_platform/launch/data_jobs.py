@@ -25,14 +25,22 @@ from .spec import BUILTIN_IMAGES, PrepareData
 REFERENCE = "reference.npz"
 
 
-def _publish(tmp: Path, final: Path) -> None:
-    """Rename a finished temporary folder into place (a rival that got there first wins)."""
+def _made_once(final: Path, write) -> Path:
+    """`final`, written by `write(tmp)` into a temporary sibling and renamed into place unless
+    it is already there (a process killed half-way leaves only the temporary folder; a rival
+    that got there first wins)."""
+    if final.is_dir():
+        return final
+    tmp = final.with_name(f".{final.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
     try:
         os.replace(tmp, final)
     except OSError:
         if not final.is_dir():
             raise
         shutil.rmtree(tmp, ignore_errors=True)
+    return final
 
 
 def _image_folder(p: PrepareData, out: Path) -> Path:
@@ -41,14 +49,11 @@ def _image_folder(p: PrepareData, out: Path) -> Path:
     from ..data.images import load_digits
     from ..data.prepare import write_image_folder
 
-    final = out / "images"
-    if not final.is_dir():
-        tmp = out / f".images-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
+    def write(tmp: Path) -> None:
         ds = load_digits(p.resolution, limit=p.limit)
         write_image_folder(((ds.x + 1.0) / 2.0).numpy(), ds.y.numpy(), tmp, class_names=[f"digit_{c}" for c in range(ds.num_classes)])
-        _publish(tmp, final)
-    return final
+
+    return _made_once(out / "images", write)
 
 
 def _vae(p: PrepareData, out: Path) -> str:
@@ -56,35 +61,27 @@ def _vae(p: PrepareData, out: Path) -> str:
         return p.vae
     from ..data.vae import tiny_vae_config, write_random_vae
 
-    final = out / "vae"
-    if not final.is_dir():
-        tmp = out / f".vae-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        config = tiny_vae_config(latent_channels=p.latent_channels, widths=tuple(p.vae_widths), sample_size=p.resolution)
-        write_random_vae(tmp, config, seed=0)
-        _publish(tmp, final)
-    return str(final)
+    config = tiny_vae_config(latent_channels=p.latent_channels, widths=tuple(p.vae_widths), sample_size=p.resolution)
+    return str(_made_once(out / "vae", lambda tmp: write_random_vae(tmp, config, seed=0)))
 
 
-def write_decoded_reference(latents: str, out: Path, *, vae_source: str, batch_size: int = 256) -> Path:
+def write_decoded_reference(latents: str, out: Path, *, batch_size: int = 256) -> Path:
     """Statistics (mu, sigma and the features) of the prepared set's decoded posterior means on
-    the digits extractor, to `out` (atomic). The reference the in-training protocol
-    (`eval.every`) scores against: what the VAE can represent of the data."""
+    the digits extractor, to `out` (atomic), decoded by the VAE the set records (checked by
+    hash). The reference the in-training protocol (`eval.every`) scores against: what the VAE
+    can represent of the data."""
     import numpy as np
     import torch
 
     from ..data.moments import load_prepared
-    from ..data.vae import decode_latents, load_vae
     from ..eval.protocol import ProtocolExtractor, to_uint8_rgb, write_reference
+    from ..train.protocol import LatentDecoder
 
     ds = load_prepared(latents)
-    vae = load_vae(vae_source)
+    decode = LatentDecoder(ds.vae["source"], expected_sha256=ds.vae.get("sha256"), batch_size=batch_size)
     extractor = ProtocolExtractor("digits")
-    feats = []
     with torch.no_grad():
-        for chunk in torch.split(ds.x, batch_size):
-            images01 = (decode_latents(vae, chunk) + 1.0) / 2.0
-            feats.append(extractor(to_uint8_rgb(images01))[0])
+        feats = [extractor(to_uint8_rgb(decode(chunk)))[0] for chunk in torch.split(ds.x, batch_size)]
     tmp = out.with_name(f".{out.stem}-{os.getpid()}.npz")
     write_reference(tmp, np.concatenate(feats))
     os.replace(tmp, out)
@@ -118,7 +115,7 @@ def prepare_sweep_data(p: PrepareData, out: str, *, workers: int = 1) -> dict:
         res = run_prepare(plan, workers=p.workers if p.workers is not None else workers, progress=True)
         manifest, ips = res["manifest"], res["images_per_second"]
     if not reference.is_file():
-        write_decoded_reference(str(latents), reference, vae_source=vae)
+        write_decoded_reference(str(latents), reference)
     seconds = time.time() - t0
     verb = "reusing" if reused else "prepared"
     print(f"data: {verb} {manifest['rows']} latents {tuple(manifest['shape'])} under {latents} ({seconds:.0f} s"

@@ -407,7 +407,7 @@ def _prepare(raw: Any, name: str, file: Path) -> tuple[Optional[PrepareData], Op
     if raw is None:
         return None, None
     p = _build(PrepareData, raw, "prepare", file)
-    for key in ("resolution", "latent_channels", "shard_size"):
+    for key in ("latent_channels", "shard_size"):
         if getattr(p, key) < 1:
             raise _err(f"prepare.{key}", f"must be >= 1, got {getattr(p, key)}", file)
     if p.resolution < 8:
