@@ -32,6 +32,12 @@ def golden_path(relative: str) -> Path:
     return vendored if vendored.exists() else shared_golden_dir() / relative
 
 
+# the dummy AWS credentials of the S3 tests (conftest's `s3` fixture): chosen so that a search
+# for them in params, tags, artifacts, Ray's storage and logs is meaningful
+S3_KEY_ID = "testing-key-id-123"
+S3_SECRET = "testing-secret-XYZ"
+
+
 def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 

@@ -18,15 +18,13 @@ import sys
 import tempfile
 import time
 import urllib.error
-import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
 import torch
 
 from helpers import CONFIGS
-from helpers import free_port
+from helpers import S3_KEY_ID, S3_SECRET, free_port
 
 from drifting_platform import storage
 from drifting_platform.data import build_dataset, read_shards, write_shards
@@ -36,64 +34,9 @@ from drifting_platform.data.shards import resolve_shard_paths
 if importlib.util.find_spec("moto") is None or importlib.util.find_spec("boto3") is None:
     pytest.skip("needs moto[server] and boto3", allow_module_level=True)
 
-KEY_ID = "testing-key-id-123"
-SECRET = "testing-secret-XYZ"
+# the moto server and the AWS environment (fixtures `moto_server`, `s3`) are in conftest.py
+KEY_ID, SECRET = S3_KEY_ID, S3_SECRET
 CLI = str(Path(sys.executable).parent / "drifting-platform")
-
-
-@pytest.fixture(scope="module")
-def moto_server(tmp_path_factory):
-    """`python -m moto.server` on a free port of 127.0.0.1; yields its endpoint URL."""
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"moto server exited with {proc.returncode}:\n{log_path.read_text()}")
-        try:
-            urllib.request.urlopen(endpoint + "/", timeout=1).close()
-            break
-        except urllib.error.HTTPError:
-            break  # it answers HTTP: up
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"moto server did not answer on {endpoint}:\n{log_path.read_text()}")
-            time.sleep(0.2)
-    yield endpoint
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-@pytest.fixture(scope="module")
-def s3(moto_server, tmp_path_factory):
-    """AWS environment pointing at the moto server (restored after the module) and a bucket."""
-    with pytest.MonkeyPatch.context() as mp:
-        for name in ("AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION",
-                     "DRIFTING_ARTIFACT_ROOT", "RAY_ADDRESS"):
-            mp.delenv(name, raising=False)
-        none = tmp_path_factory.mktemp("aws") / "none"
-        mp.setenv("AWS_CONFIG_FILE", str(none))  # nothing from ~/.aws
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(none))
-        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        mp.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
-        mp.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        mp.setenv("AWS_ENDPOINT_URL", moto_server)
-        bucket = f"drifting-{uuid.uuid4().hex[:12]}"
-        client = storage.boto3_client()
-        client.create_bucket(Bucket=bucket)
-        yield {"endpoint": moto_server, "bucket": bucket, "client": client, "mp": mp}
 
 
 def _keys(s3, prefix: str = "") -> list[str]:

@@ -374,15 +374,58 @@ def sweep(sweep_file: str, preset: str | None, overrides: tuple[str, ...], out_r
         sys.exit(exc.exit_code)
     if result.already_complete:
         click.echo(f"sweep {result.experiment} ({result.sweep_dir}) is already complete: {result.counts()}; nothing to run")
-        if not no_report:
+        if result.synced:  # what the tracking store lacked is written now, and so is the report
+            click.echo(f"tracking: wrote the {result.synced} writes the sweep had kept while the store was unreachable")
+            if not no_report:
+                _print_report(result.experiment)
+        elif not no_report:
             _print_report_paths(result.experiment)
         return
     for t in result.trials:
         shown = {k: round(v, 4) for k, v in t.metrics.items() if k in (result.metric.name, "kid", "mmd", "modes_covered", "steps", "seconds")}
         click.echo(f"  {t.status:9s} {t.label:28s} {shown}" + (f"  error: {t.error.splitlines()[0]}" if t.error else ""))
     click.echo(f"trials in {result.sweep_dir}")
+    if result.incomplete:  # the store went away and is still away: nothing lost, tell what is pending
+        from .launch.sweep import EXIT_TRACKING_PENDING, incomplete_message
+
+        click.echo(incomplete_message(result, rerun_command(add=("--resume",))), err=True)
+        sys.exit(EXIT_TRACKING_PENDING)
     if not no_report and result.parent_run_id:
         _print_report(result.experiment)
+
+
+@main.command()
+@click.argument("sweep_dirs", nargs=-1, type=click.Path(file_okay=False))
+def sync(sweep_dirs: tuple[str, ...]) -> None:
+    """Write the tracking writes that sweeps kept while the store was unreachable.
+
+    SWEEP_DIRS: sweep directories (default: every sweep under $DRIFTING_HOME/sweeps whose
+    journal, tracking.jsonl, still holds writes)."""
+    from .home import sweeps_root
+    from .launch.sweep import EXIT_TRACKING_PENDING, pending_writes, sync_sweep
+    from .tracking import TrackingUnavailable, check_tracking_store
+
+    dirs = [Path(d) for d in sweep_dirs] or sorted(p.parent for p in sweeps_root().glob("*/*/tracking.jsonl"))
+    for d in dirs:
+        if not (d / "tracking.jsonl").exists():
+            raise click.ClickException(f"{d}: no tracking journal (tracking.jsonl) here; is it a sweep directory?")
+    todo = [d for d in dirs if pending_writes(d)]
+    if not todo:
+        click.echo("nothing to sync: every sweep's tracking writes are in the store")
+        return
+    try:
+        check_tracking_store()
+    except TrackingUnavailable as exc:
+        raise click.ClickException(f"{exc} The writes stay in the sweeps' journals.") from None
+    left = 0
+    for d in todo:
+        out = sync_sweep(d)
+        left += out["pending"]
+        runs = len({r["run"] for r in out["incomplete"]})
+        state = "complete" if not out["pending"] else f"{out['pending']} writes of {runs} runs still pending"
+        click.echo(f"{d}: wrote {out['written']} writes; {state}")
+    if left:
+        sys.exit(EXIT_TRACKING_PENDING)
 
 
 def _print_report_paths(name: str) -> None:

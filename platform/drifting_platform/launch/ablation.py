@@ -5,7 +5,8 @@ sweep (inside a Ray job on the job's cluster, otherwise on a local Ray), prints 
 with the paper's values beside, writes it as Markdown, CSV and a plot, and says where the
 runs are. Exit status: 0, 1 when a trial failed, 2 for a bad sweep / config or an
 unreachable tracking store (nothing started), 130 / 143 when SIGINT / SIGTERM stopped the
-sweep (the runs KILLED, no report written; it prints the command that resumes).
+sweep (the runs KILLED, no report written; it prints the command that resumes), 75 when the
+sweep finished with the tracking store unreachable (its writes kept; `--resume` writes them and the report).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Optional
 from ..config import ConfigError
 from ..reports import report_paths, write_report
 from ..tracking import TrackingUnavailable, tracking_uri
-from .sweep import SweepInterrupted, resume_command, run_sweep
+from .sweep import EXIT_TRACKING_PENDING, SweepInterrupted, incomplete_message, resume_command, run_sweep
 
 
 def ablation_main(sweep: Path, doc: str, argv: Optional[list[str]] = None) -> int:
@@ -42,12 +43,18 @@ def ablation_main(sweep: Path, doc: str, argv: Optional[list[str]] = None) -> in
         print(str(exc), file=sys.stderr)
         print(f"resume with: {resume_command([sys.argv[0], *(sys.argv[1:] if argv is None else argv)], script=True)}", file=sys.stderr)
         return exc.exit_code
-    if result.already_complete:
+    if result.already_complete and not result.synced:
         print(f"sweep {result.experiment} ({result.sweep_dir}) is already complete: {result.counts()}; nothing to run")
         for kind, path in report_paths(result.experiment, args.out).items():
             if path.exists():
                 print(f"{kind}: {path}")
         return 0
+    if result.synced:
+        print(f"sweep {result.experiment} ({result.sweep_dir}) is already complete: {result.counts()}; "
+              f"wrote the {result.synced} tracking writes kept while the store was unreachable")
+    if result.incomplete:  # the store is still unreachable: nothing lost, the report waits for it
+        print(incomplete_message(result, resume_command([sys.argv[0], *(sys.argv[1:] if argv is None else argv)], script=True)), file=sys.stderr)
+        return EXIT_TRACKING_PENDING
     report = write_report(result.experiment, args.out)
     print()
     print(report["table_markdown"])

@@ -61,8 +61,9 @@ class TrackingCallback(Callback):
         self.ended: set[str] = set()  # run ids this attempt ended (FINISHED / PRUNED / FAILED)
         self.killed: set[str] = set()  # run ids ended KILLED by an interrupt
         self.errors: dict[str, str] = {}
-        # resumed sweeps: trial dir -> (child run id, status) of the interrupted attempt
-        self.existing: dict[str, tuple[str, str]] = dict(existing or {})
+        # resumed sweeps: trial dir -> (child run id, status, {metric: last step} or None)
+        # of the interrupted attempt
+        self.existing: dict[str, tuple] = dict(existing or {})
         self.kept: set[str] = set()  # trial ids whose FINISHED run is kept untouched
         # run id -> metric key -> last step logged: a history never gets a step twice,
         # whether a worker group restarts from a checkpoint or a sweep resumes
@@ -95,13 +96,16 @@ class TrackingCallback(Callback):
         t, tdir = self.ctx.describe(trial.config)
         prev = self.existing.get(str(tdir))
         if prev is not None:  # --resume: the interrupted sweep's child run continues
-            run_id, status = prev
+            run_id, status, last = (tuple(prev) + (None,))[:3]
             self.runs[trial.trial_id] = run_id
             if status == "FINISHED" and tdir.finished:
                 self.kept.add(trial.trial_id)
                 return
             self._safe("reopen_run", self.tracker.reopen_run, run_id)
-            self.last[run_id] = self._safe("last_steps", self.tracker.last_steps, run_id) or {}
+            # where its history continues: read when the sweep (re)started, while the store answered
+            if last is None:
+                last = self._safe("last_steps", self.tracker.last_steps, run_id)
+            self.last[run_id] = dict(last or {})
             return
         try:
             flat = C.flatten(C.to_dict(self.ctx.spec.trial_config(t.params)))

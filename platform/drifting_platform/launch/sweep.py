@@ -51,7 +51,8 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 from .. import rundir
 from ..home import sweeps_root
 from ..rerun import rerun_command
-from ..tracking import TAG_TRIAL_DIR, SweepTracker, check_tracking_store
+from ..tracking import TAG_TRIAL_DIR, SweepTracker, TrackingUnavailable, check_tracking_store
+from ..tracking.outbox import JOURNAL, BufferedTracker, sync_journal
 from ..signals import SignalScope
 from .points import result_metrics, slug
 from .spec import Metric, SweepSpec, check_machine, load_sweep
@@ -63,6 +64,10 @@ if TYPE_CHECKING:
 __all__ = ["run_sweep", "SweepResult", "TrialResult", "SweepInterrupted", "resume_command"]
 
 log = logging.getLogger(__name__)
+
+# the exit status of a sweep that finished while the tracking store was unreachable (EX_TEMPFAIL:
+# try again later; `drifting-platform sync` or `--resume` writes what was kept)
+EXIT_TRACKING_PENDING = 75
 
 
 @dataclass
@@ -88,6 +93,10 @@ class SweepResult:
     metric: Metric
     trials: list[TrialResult] = field(default_factory=list)
     already_complete: bool = False  # --resume of a finished sweep: nothing ran
+    # runs whose tracking writes are still in the sweep's journal (the store was down at the
+    # end): [{"run", "run_id", "writes", "kinds"}]; `sync` / --resume writes them
+    incomplete: list = field(default_factory=list)
+    synced: int = 0  # writes an earlier attempt left in the journal, written by this call
 
     @classmethod
     def load(cls, path: str | Path) -> "SweepResult":
@@ -95,7 +104,8 @@ class SweepResult:
         d = json.loads(Path(path).read_text())
         trials = [TrialResult(**t) for t in d.pop("trials", [])]
         d["metric"] = Metric(**d["metric"])
-        d.pop("already_complete", None)
+        for key in ("already_complete", "incomplete", "synced"):
+            d.pop(key, None)
         return cls(**d, trials=trials)
 
     def counts(self) -> str:
@@ -241,7 +251,10 @@ def run_sweep(
     sweep_name, sweep_dir = sweep_dir_for(spec, out_root, resume, preset_label)
     if resume:
         done = completed(spec, sweep_dir)
-        if done is not None:  # nothing to run: no Ray, no tracking write
+        if done is not None:  # nothing to run: no Ray; only what the tracking store lacks is written
+            if tracker is not False and pending_writes(sweep_dir):
+                check_tracking_store()
+                done.synced = sync_sweep(sweep_dir, tracker if isinstance(tracker, SweepTracker) else None)["written"]
             return done
     if tracker is None:
         check_tracking_store()  # an unreachable server fails here, before Ray or any trial
@@ -254,7 +267,7 @@ def run_sweep(
         try:
             return _run(spec, preset_label, sweep_name, sweep_dir, tracker, resume, verbose, storage_path, stop, state)
         except _Interrupt as exc:
-            _kill_runs(tracker, state.get("parent_id"), state.get("callback"))
+            _kill_runs(state.get("tracker", tracker), state.get("parent_id"), state.get("callback"))
             raise SweepInterrupted(exc.signum, spec.name, sweep_name, str(sweep_dir), *_tally(state.get("callback"))) from None
 
 
@@ -291,6 +304,8 @@ def _run(spec: SweepSpec, preset_label: str, sweep_name: str, sweep_dir: Path, t
 
         callback = parent_id = None
         if tracker:
+            tracker = _buffered(tracker, sweep_dir)
+            state["tracker"] = tracker
             parent_id, existing = _open_parent(tracker, spec, sweep_name, sweep_dir, preset_label, pinned, resume)
             state["parent_id"] = parent_id
             callback = TrackingCallback(tracker, parent_id, ctx, existing, interrupt=stop)
@@ -338,6 +353,10 @@ def _run(spec: SweepSpec, preset_label: str, sweep_name: str, sweep_dir: Path, t
         _finish(result, sweep_dir, tracker, parent_id)
         return result
     finally:
+        buffered = state.get("tracker")
+        if isinstance(buffered, BufferedTracker) and buffered._thread is not None:  # an error cut the sweep short
+            buffered.flush(_flush_seconds(10.0))
+            buffered.close()
         if started:
             ray.shutdown()
 
@@ -359,6 +378,11 @@ def _kill_runs(tracker, parent_id: Optional[str], callback) -> None:
         tracker.end_run(parent_id, "KILLED")
     except Exception as exc:  # noqa: BLE001
         log.warning("tracking: could not mark the parent run KILLED: %s", exc)
+    if isinstance(tracker, BufferedTracker):
+        if not tracker.flush(_flush_seconds(10.0)):
+            log.warning("tracking: %d writes could not be made yet; they stay in %s and `--resume` writes them",
+                        tracker.pending(), tracker.journal.path)
+        tracker.close()
 
 
 @contextlib.contextmanager
@@ -429,7 +453,9 @@ def _open_parent(tracker: "SweepTracking", spec: SweepSpec, sweep_name: str, swe
         for run in tracker.child_runs(previous.info.run_id):
             d = run.data.tags.get(TAG_TRIAL_DIR)
             if d and d not in existing:
-                existing[d] = (run.info.run_id, run.info.status)
+                # where an unfinished history continues, read now that the store answers
+                last = None if run.info.status == "FINISHED" else tracker.last_steps(run.info.run_id)
+                existing[d] = (run.info.run_id, run.info.status, last)
         print(f"resuming sweep {sweep_name}: MLflow parent run {previous.info.run_id} ({len(existing)} trial runs)")
     tags = {"drifting.sweep": sweep_name, "drifting.sweep_dir": str(sweep_dir), "drifting.preset": preset_label}
     parent_id = tracker.start_sweep(spec.name, params, tags, resume_run_id=previous.info.run_id if previous is not None else None)
@@ -472,8 +498,15 @@ def _gather(grid, earlier: "list[TrialDir]", ctx: "SweepContext", callback: "Opt
 
 def _finish(result: SweepResult, sweep_dir: Path, tracker: Any, parent_id: Optional[str]) -> None:
     """Write sweep_result.json; with a tracker, attach it to the parent run and close that
-    (FAILED when every trial failed)."""
-    path = rundir.write_json(sweep_dir / "sweep_result.json", dataclasses.asdict(result))
+    (FAILED when every trial failed). A buffered tracker is given `DRIFTING_TRACKING_WAIT`
+    seconds (default 30) to write what it holds; what it could not write is named in
+    `result.incomplete` and stays in the journal."""
+    buffered = tracker if isinstance(tracker, BufferedTracker) else None
+    deadline = time.monotonic() + _flush_seconds()
+    if buffered is not None:
+        buffered.flush(deadline - time.monotonic())
+        _resolve_ids(result, buffered.journal.ids)
+    path = _write_result(result, sweep_dir)
     if not (tracker and parent_id):
         return
     try:
@@ -483,3 +516,94 @@ def _finish(result: SweepResult, sweep_dir: Path, tracker: Any, parent_id: Optio
     failed = [t for t in result.trials if t.status == "FAILED"]
     status = "FAILED" if result.trials and len(failed) == len(result.trials) else "FINISHED"
     tracker.end_run(parent_id, status, None if status == "FINISHED" else "every trial failed")
+    if buffered is not None:
+        buffered.flush(max(5.0, deadline - time.monotonic()))
+        result.incomplete = buffered.incomplete()
+        buffered.close()
+
+
+def _flush_seconds(default: float = 30.0) -> float:
+    """How long a sweep's end waits for an unreachable tracking store ($DRIFTING_TRACKING_WAIT)."""
+    try:
+        return max(0.0, float(os.environ.get("DRIFTING_TRACKING_WAIT", default)))
+    except ValueError:
+        return default
+
+
+def _write_result(result: SweepResult, sweep_dir: Path) -> Path:
+    d = dataclasses.asdict(result)
+    for key in ("incomplete", "synced"):  # this call's state, not the sweep's
+        d.pop(key, None)
+    return rundir.write_json(sweep_dir / "sweep_result.json", d)
+
+
+def _resolve_ids(result: SweepResult, ids: dict) -> bool:
+    """Local ids (runs created while the store was down) -> their run ids; True if any changed."""
+    changed = False
+    for t in result.trials:
+        if t.run_id in ids:
+            t.run_id, changed = ids[t.run_id], True
+    return changed
+
+
+def _buffered(tracker: Any, sweep_dir: Path) -> Any:
+    """A `SweepTracker` journaled in the sweep directory (`BufferedTracker`), with what an
+    earlier attempt left in the journal written first; other trackers as they are."""
+    if not isinstance(tracker, SweepTracker):
+        return tracker
+    buffered = BufferedTracker(tracker, sweep_dir / JOURNAL, start=False)
+    left = buffered.pending()
+    if left:
+        if not buffered.drain(_flush_seconds()):
+            raise TrackingUnavailable(
+                f"the tracking store {tracker.uri} took only part of the {left} writes an earlier attempt left in "
+                f"{buffered.journal.path}; {buffered.pending()} remain. Nothing was started.")
+        print(f"tracking: wrote the {left} writes an earlier attempt left in {buffered.journal.path}")
+    buffered.start()
+    return buffered
+
+
+def pending_writes(sweep_dir: Path) -> int:
+    """How many tracking writes the sweep's journal still holds (0 without a journal)."""
+    journal = Path(sweep_dir) / JOURNAL
+    if not journal.exists():
+        return 0
+    from ..tracking.outbox import Journal
+
+    return len(Journal(journal).pending)
+
+
+def sync_sweep(sweep_dir: Path, tracker: Optional[SweepTracker] = None) -> dict:
+    """Write what the sweep's journal still holds to the tracking store (the store was down
+    when the sweep ended, or its driver died) and put the runs' ids into sweep_result.json
+    (attached again to the parent run). Returns `sync_journal`'s counts."""
+    sweep_dir = Path(sweep_dir)
+    tracker = tracker or SweepTracker()
+    out = sync_journal(sweep_dir / JOURNAL, tracker)
+    path = sweep_dir / "sweep_result.json"
+    if out["written"] and path.exists():
+        result = SweepResult.load(path)
+        if _resolve_ids(result, out["ids"]):
+            _write_result(result, sweep_dir)
+            if result.parent_run_id and not out["pending"]:
+                tracker.log_artifacts(result.parent_run_id, [str(path)])
+    return out
+
+
+def incomplete_message(result: SweepResult, resume: str) -> str:
+    """What a user reads when the sweep ended with the tracking store unreachable."""
+    lines = [f"the sweep finished, but the tracking store {_uri()} is unreachable: "
+             f"{len(result.incomplete)} run{'s are' if len(result.incomplete) != 1 else ' is'} incomplete in MLflow "
+             f"(their writes are kept in {Path(result.sweep_dir) / JOURNAL}):"]
+    for row in result.incomplete:
+        rid = row["run_id"] or "not created yet"
+        lines.append(f"  {row['run']}  (run {rid}): {row['writes']} writes ({', '.join(row['kinds'])})")
+    lines.append(f"once the store is back, write them with: drifting-platform sync {result.sweep_dir}")
+    lines.append(f"  (or: {resume}); the report is written then")
+    return "\n".join(lines)
+
+
+def _uri() -> str:
+    from ..tracking.store import mask_url_credentials, tracking_uri
+
+    return mask_url_credentials(tracking_uri())

@@ -8,10 +8,13 @@ builds an encoder from a registry URI imports this package first.
 Modules, each owning one thing:
 
     store     where the store is (``tracking_uri``, ``default_artifact_root``), whether it is
-              usable (``check_tracking_store``), the "database is locked" retry, and the
+              usable (``check_tracking_store``), the client (``mlflow_client``: a fresh
+              SQLite store's tables made under a file lock), the "database is locked" retry, and the
               cleaning of params / tags / metrics (no credentials, MLflow's limits)
     tags      the tag names written, and the tags a run's summary.json implies
     client    ``SweepTracker``: the MlflowClient wrapper (sweep parent runs, trial child runs)
+    outbox    ``BufferedTracker``: a sweep's writes journaled on disk and written by a thread,
+              kept while the store is unreachable; ``sync_journal`` writes a journal later
     runs      ``track_run``: one ``train`` run
     registry  the encoder registry: ``record_pretrain``, ``find_encoder_version``,
               ``resolve_model_uri``, ``download_encoder``

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping, Optional, Union
 from ..storage import configure_mlflow_env
 from .store import (
     MAX_ERROR_LENGTH, MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, clean_params, clean_tags, default_artifact_root,
-    dir_name, finite_float, mask_url_credentials, metric_key, root_uri, tracking_uri, with_retry,
+    dir_name, finite_float, mask_url_credentials, metric_key, mlflow_client, root_uri, tracking_uri, with_retry,
 )
 from .tags import TAG_ERROR, TAG_EXPERIMENT, TAG_PARENT, TAG_ROW, TAG_STATE, TAG_SWEEP, TAG_SWEEP_NAME, TAG_TRIAL, summary_file_tags
 
@@ -63,10 +63,8 @@ class SweepTracker:
     def client(self):
         """The underlying ``mlflow.MlflowClient`` (created on first use)."""
         if self._client is None:
-            from mlflow import MlflowClient
-
             configure_mlflow_env()  # s3:// artifacts: MLFLOW_S3_ENDPOINT_URL from AWS_ENDPOINT_URL
-            self._client = MlflowClient(tracking_uri=self.uri)
+            self._client = mlflow_client(self.uri)
         return self._client
 
     def experiment_id(self, experiment: Optional[str] = None, *, create: bool = True) -> Optional[str]:
@@ -281,6 +279,15 @@ class SweepTracker:
                 break
         out.sort(key=lambda r: (r.info.start_time or 0))
         return out
+
+    def find_child(self, parent_id: str, key: str, value: str) -> Optional[str]:
+        """The id of the child run of ``parent_id`` whose tag ``key`` is ``value``, or None."""
+        parent = with_retry(self.client.get_run, parent_id)
+        runs = with_retry(
+            self.client.search_runs, [parent.info.experiment_id],
+            filter_string=f"tags.`{TAG_PARENT}` = '{parent_id}' and tags.`{key}` = '{value}'", max_results=1,
+        )
+        return runs[0].info.run_id if runs else None
 
     def artifact_paths(self, run_id: str, path: Optional[str] = None) -> list[str]:
         """The artifact paths directly under ``path`` (default: the run's root) of a run."""

@@ -29,7 +29,7 @@ from ..encoder_artifact import (
 from ..home import drifting_home
 from ..rundir import METRICS, SUMMARY, read_metrics
 from .client import SweepTracker
-from .store import clean_tags, dir_name, mask_url_credentials, tracking_uri, with_retry
+from .store import clean_tags, dir_name, mask_url_credentials, mlflow_client, tracking_uri, with_retry
 from .tags import (
     TAG_CONFIG_HASH, TAG_ENCODER_MODEL, TAG_ENCODER_SOURCE, TAG_ENCODER_VERSION, TAG_EXPERIMENT, TAG_REGISTERED, TAG_RUN_DIR,
     TAG_WEIGHTS_SHA,
@@ -41,10 +41,7 @@ ENCODER_EXPERIMENT = "encoders"
 
 
 def _registry_client(uri: Optional[str] = None):
-    from mlflow import MlflowClient
-
-    uri = uri or tracking_uri()
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return mlflow_client(uri or tracking_uri(), registry=True)
 
 
 def record_pretrain(

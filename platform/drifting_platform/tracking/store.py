@@ -153,6 +153,42 @@ def check_tracking_store(uri: Optional[str] = None, *, timeout: float = 5.0) -> 
     return uri
 
 
+# --------------------------------------------------------------------------- the client
+
+
+_READY: set[str] = set()  # stores whose tables this process has seen made
+
+
+def mlflow_client(uri: Optional[str] = None, *, registry: bool = False):
+    """An ``MlflowClient`` on store ``uri`` (default ``tracking_uri()``; with ``registry``,
+    also its model registry). A ``sqlite:///`` store is opened the first time under an
+    exclusive lock on ``<db>.lock``: MLflow makes a new database's tables with alembic
+    migrations, and two processes doing that at once (two sweeps started together on a fresh
+    store) fail with "table ... already exists"."""
+    from mlflow import MlflowClient
+
+    uri = uri or tracking_uri()
+
+    def make():
+        return MlflowClient(tracking_uri=uri, registry_uri=uri) if registry else MlflowClient(tracking_uri=uri)
+
+    db = sqlite_path(uri)
+    if db is None or uri in _READY:
+        return make()
+    import fcntl
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the client makes (or upgrades) the tables as it opens the store
+        try:
+            client = with_retry(make)
+            with_retry(client.search_experiments, max_results=1)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    _READY.add(uri)
+    return client
+
+
 # --------------------------------------------------------------------------- "database is locked"
 
 
