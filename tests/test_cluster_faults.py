@@ -491,8 +491,9 @@ def test_lost_node_mid_sweep_trials_resume_on_the_surviving_node(storage, tmp_pa
         assert said and said[-1].strip() == "ready", "".join(said)
         env = _env(tmp_path, uri, RAY_ADDRESS=cluster.address, RAY_AUTH_MODE="token", **env_extra)
         jsonl = {k: lambda k=k: next(iter(_jsonls(shared / "sweeps" / k)), None) for k in sweeps}
-        procs = {}
+        procs, started = {}, {}
         for k, s in sweeps.items():  # the 2-worker sweep first: its worker group takes longest to start
+            started[k] = time.monotonic()
             procs[k] = _start_sweep([CLI, "sweep", str(s), "--out-root", str(shared / "sweeps" / k), "--storage-path", storage_path, "--no-report"], env)
             _wait(lambda k=k: jsonl[k]() is not None and max(_steps(jsonl[k]()) or [0]) >= 10, procs[k], 400, f"the {k}-worker trial at step 10")
         for k, proc in procs.items():
@@ -510,6 +511,7 @@ def test_lost_node_mid_sweep_trials_resume_on_the_surviving_node(storage, tmp_pa
         os.kill(raylet, signal.SIGKILL)  # ... and the spot node is reclaimed: no cleanup, no goodbye
         shutil.rmtree(cluster.temp["spot"], ignore_errors=True)  # its local disk is gone with it
         outs = {k: _finish(p) for k, p in procs.items()}
+        took = {k: time.monotonic() - started[k] for k in procs}  # (both were waited for together: an upper bound)
         lost = time.monotonic() - t_kill
         assert cluster.alive() == 1  # the spot node is dead; the sweeps finished on the head
     finally:
@@ -530,9 +532,11 @@ def test_lost_node_mid_sweep_trials_resume_on_the_surviving_node(storage, tmp_pa
     # the same two sweeps without the fault, on one local Ray: the same rows
     base_env = _env(tmp_path, f"sqlite:///{tmp_path / 'baseline.db'}", **env_extra)
     for k, s in sweeps.items():
+        t0 = time.monotonic()
         res = subprocess.run([CLI, "sweep", str(s), "--out-root", str(tmp_path / "baseline" / k), "--no-report"], env=base_env,
                              capture_output=True, text=True, timeout=900)
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        print(f"uninterrupted {k}-worker sweep alone: {time.monotonic() - t0:.0f} s; with the lost node: {took[k]:.0f} s (beside the other sweep)")
     for k in sweeps:
         got = json.loads(next((shared / "sweeps" / k).rglob("sweep_result.json")).read_text())["trials"]
         ref = json.loads(next((tmp_path / "baseline" / k).rglob("sweep_result.json")).read_text())["trials"]
