@@ -5,12 +5,13 @@ parallelism "none" is the one-process loss (its exponent shift is gathered)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from drifting_platform.drift import NORMALIZATIONS, drift_field, drift_loss
+from drifting_platform.drift import NORMALIZATIONS, DriftInputs, drift_field, drift_loss, drift_losses
 
 TEMPS = (0.02, 0.05, 0.2)
 # the kernel's paths for _inputs' shapes (one group's kernel is 8 x 24 = 192 elements, the
@@ -249,3 +250,110 @@ def test_two_workers_compute_the_one_process_loss(tmp_path):
         info2 = parts[0][normalization, gather]["info"]
         for key in ["scale", *(f"loss_R{R}" for R in TEMPS)]:  # the global batch's (drift_norm is per worker)
             torch.testing.assert_close(info2[key], info[key], rtol=1e-5, atol=0, msg=f"{normalization}: {key}")
+
+
+# --------------------------------------------------------------------------- several problems at once
+
+
+def _problems(seed=11, B=4):
+    """Three feature sets of different sizes (one with extra negatives), B class groups each."""
+    gen, pos, neg, wn = _inputs(seed=seed, B=B)
+    g2, p2, _, _ = _inputs(seed=seed + 1, B=B, C_g=5, C_p=7, S=9)
+    g3, p3, n3, w3 = _inputs(seed=seed + 2, B=B, C_g=3, C_p=4, C_n=2, S=2)
+    return [DriftInputs(gen, pos, neg, weight_neg=wn), DriftInputs(g2, p2), DriftInputs(g3, p3, n3, weight_neg=w3)]
+
+
+def _losses_and_grads(problems, **kwargs):
+    gens = [p.gen.detach().clone().requires_grad_(True) for p in problems]
+    results = drift_losses([dataclasses.replace(p, gen=g) for p, g in zip(problems, gens)], **kwargs)
+    grads = torch.autograd.grad(sum(loss.sum() for loss, _ in results), gens)
+    return [(loss.detach(), grad, info) for (loss, info), grad in zip(results, grads)]
+
+
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+@pytest.mark.parametrize("chunk", ["stacked", "rows", "groups"])
+def test_several_problems_share_their_reductions_and_give_each_problems_loss(normalization, chunk):
+    """drift_losses advances the problems together: one reduce call per statistic round for
+    all of them (2 for "xy", 3 with the largest row mass of "y" / "none"), and each result
+    is drift_loss's on that problem; a held-memory budget splits them into groups."""
+    problems = _problems()
+    calls = []
+
+    def reduce(op, values):  # one process: the values are the global ones; count the calls
+        calls.append((op, len(values)))
+        return values
+
+    got = _losses_and_grads(problems, normalization=normalization, chunk_elems=CHUNKS[chunk], reduce=reduce, temperatures=TEMPS)
+    T = len(TEMPS)
+    rounds = [("mean", 2 * 3)] + ([("max", T * 3)] if normalization != "xy" else []) + [("mean", T * 3)]
+    assert calls == rounds
+    for p, (loss, grad, info) in zip(problems, got):
+        ref_loss, ref_grad, ref_info = _loss_and_grad(p.gen, p.pos, p.neg, weight_neg=p.weight_neg, normalization=normalization,
+                                                      chunk_elems=CHUNKS[chunk], temperatures=TEMPS)
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=0)
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-9)
+        assert info.keys() == ref_info.keys()
+        for k in info:
+            torch.testing.assert_close(info[k], ref_info[k], rtol=1e-6, atol=0, msg=k)
+    # a budget smaller than any problem: one group (and its rounds) per problem, same results
+    calls.clear()
+    alone = _losses_and_grads(problems, normalization=normalization, chunk_elems=CHUNKS[chunk], reduce=reduce, temperatures=TEMPS,
+                              lockstep_elems=1)
+    assert len(calls) == 3 * len(rounds)
+    for (a, b, _), (c, d, _) in zip(got, alone):
+        torch.testing.assert_close(a, c, rtol=0, atol=0)
+        torch.testing.assert_close(b, d, rtol=0, atol=0)
+
+
+def _dp_many_worker(rank: int, world: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from drifting_platform.train import distributed as D
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    counted = {"n": 0}
+    all_reduce = dist.all_reduce
+
+    def counting(*args, **kwargs):
+        counted["n"] += 1
+        return all_reduce(*args, **kwargs)
+
+    dist.all_reduce = counting
+    try:
+        rows = slice(rank * 2, rank * 2 + 2)
+        shard = [DriftInputs(p.gen[rows], p.pos[rows], None if p.neg is None else p.neg[rows],
+                             weight_neg=None if p.weight_neg is None else p.weight_neg[rows]) for p in _problems()]
+        results = {}
+        for normalization in NORMALIZATIONS:
+            counted["n"] = 0
+            got = _losses_and_grads(shard, normalization=normalization, reduce=D.all_reduce_values, temperatures=TEMPS)
+            results[normalization] = {"all_reduces": counted["n"], "results": got}
+        torch.save(results, f"{out}.{rank}")
+    finally:
+        dist.all_reduce = all_reduce
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned processes import torch
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
+def test_two_workers_compute_several_problems_in_two_or_three_all_reduces(tmp_path):
+    """Two gloo workers, three feature sets of half the class groups each: every set's loss,
+    gradient and global diagnostics are the one-process ones, and the whole computation
+    costs 2 all-reduces ("xy") or 3 ("y", "none"), not 5 (8) per set."""
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "result")
+    mp.spawn(_dp_many_worker, args=(2, f"file://{tmp_path / 'pg'}", out), nprocs=2)
+    parts = [torch.load(f"{out}.{rank}") for rank in range(2)]
+    problems = _problems()
+    for normalization in NORMALIZATIONS:
+        assert [p[normalization]["all_reduces"] for p in parts] == [2 if normalization == "xy" else 3] * 2
+        ref = _losses_and_grads(problems, normalization=normalization, temperatures=TEMPS)
+        for i, (loss, grad, info) in enumerate(ref):
+            loss2 = torch.cat([p[normalization]["results"][i][0] for p in parts])
+            grad2 = torch.cat([p[normalization]["results"][i][1] for p in parts])
+            torch.testing.assert_close(loss2, loss, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(grad2, grad, rtol=1e-4, atol=1e-7)
+            info2 = parts[0][normalization]["results"][i][2]
+            for key in ["scale", *(f"loss_R{R}" for R in TEMPS)]:
+                torch.testing.assert_close(info2[key], info[key], rtol=1e-5, atol=0, msg=f"{normalization} set {i}: {key}")

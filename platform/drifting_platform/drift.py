@@ -27,7 +27,9 @@ the same for all three.
 normalisation matches the authors' JAX release number for number: tests/test_drift.py
 checks its golden outputs, shipped in tests/data/golden); ``drift_field`` is the paper's
 Algorithm 2 on raw coordinates (one temperature, no feature or force normalisation), for
-toy data and tests.
+toy data and tests. ``drift_losses`` computes the loss of several independent problems (an
+encoder's feature sets) at once, so that under data parallelism their global batch
+statistics cost a few all-reduces per step rather than a few per problem.
 ``sample_cfg_alpha`` and ``cfg_negative_weight`` implement the classifier-free-guidance
 training recipe (unconditional data as extra, weighted negatives).
 
@@ -37,20 +39,26 @@ the loss share their constants and derivation; the docstrings carry the paper's 
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-__all__ = ["NORMALIZATIONS", "drift_loss", "drift_field", "sample_cfg_alpha", "cfg_negative_weight"]
+__all__ = ["NORMALIZATIONS", "DriftInputs", "Reducer", "drift_loss", "drift_losses", "drift_field", "sample_cfg_alpha", "cfg_negative_weight"]
 
 # how the kernel's logits become affinities (paper, kernel normalisation ablation):
 # "xy" softmax over the targets and over the generated samples (the paper's default),
 # "y" softmax over the targets only, "none" the raw kernel exp(-d / tau)
 Normalization = Literal["xy", "y", "none"]
 NORMALIZATIONS: tuple[str, ...] = ("xy", "y", "none")
+
+# reduce(op, values): op "mean" or "max", values a 1-d tensor of this worker's statistics ->
+# the same statistics over all workers (data parallelism; see drift_loss)
+Reducer = Callable[[str, Tensor], Tensor]
 
 # Constants of the release's computation (the golden numbers depend on each of them).
 _DIST2_FLOOR = 1e-8  # squared distances are floored before the sqrt (sqrt'(0) = inf)
@@ -63,6 +71,9 @@ _RMS_FLOOR = 1e-8  # floor on a temperature's mean squared force before dividing
 # passes of a chunk stay in the CPU's cache and the working memory is the same for any
 # number of temperatures
 _CHUNK_ELEMS = 1 << 20
+# problems of drift_losses that wait for their global statistics together hold at most about
+# this many elements of distances and forces (1 GiB in float32)
+_LOCKSTEP_ELEMS = 1 << 28
 _EXP_MIN = -80.0  # exponents are clipped here: exp(-80) ~ 2e-35 is still a normal float32
 _LOG_MIN = -1e30  # "y" / "none": stands in for log(0) where a maximum must stay finite
 
@@ -103,6 +114,18 @@ def _pairwise_distance(x: Tensor, y: Tensor) -> Tensor:
     return d2.clamp_(min=_DIST2_FLOOR).sqrt_()
 
 
+@dataclass(frozen=True)
+class DriftInputs:
+    """One drifting problem of ``drift_losses`` (a feature set): the arguments of ``drift_loss``."""
+
+    gen: Tensor
+    pos: Tensor
+    neg: Tensor | None = None
+    weight_gen: Tensor | None = None
+    weight_pos: Tensor | None = None
+    weight_neg: Tensor | None = None
+
+
 def drift_loss(
     gen: Tensor,
     pos: Tensor,
@@ -118,6 +141,7 @@ def drift_loss(
     chunk_elems: int = _CHUNK_ELEMS,
     normalization: Normalization = "xy",
     batch_max: Callable[[Tensor], Tensor] | None = None,
+    reduce: Reducer | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Multi-temperature drifting loss on feature sets, one value per class group.
 
@@ -131,24 +155,25 @@ def drift_loss(
         attraction_scale, repulsion_scale: multiply V+ and V- of every temperature before
             that temperature's RMS normalisation (ablations such as 1.5 V+ - V-; (1, 0) is
             attraction only). (1, 1) is the paper's anti-symmetric field.
-        batch_mean: the mean over the whole batch used for ``scale`` and for each
-            temperature's RMS (default ``Tensor.mean``). Under data parallelism, where
-            each worker holds an equal shard of the class groups, pass a mean that also
-            averages over workers so N workers compute exactly the one-worker loss.
+        reduce: under data parallelism, where each worker holds an equal shard of the class
+            groups, how this worker's batch statistics become the global batch's:
+            ``reduce(op, values)`` with op "mean" or "max" and values a 1-d tensor of this
+            worker's means (maxima) returns the means (maxima) over workers, so N workers
+            compute exactly the one-worker loss (``train.distributed.all_reduce_values``).
+            One call for the two means of ``scale``, one for every temperature's RMS, and
+            for "y" / "none" one for every temperature's largest row mass. None: one process.
+        batch_mean, batch_max: the older form of ``reduce``, one call per statistic: the
+            mean (maximum) over the whole batch of a tensor (defaults ``Tensor.mean`` and
+            ``Tensor.amax``). Under data parallelism pass both: with ``batch_mean`` alone each
+            worker would rescale "y" / "none" by its own constant, which no longer cancels
+            between workers, so they would only approximate the one-worker loss.
         chunk_elems: how many elements of the [B, C_g, N] kernel matrix are processed at
             once (whole class groups, or rows of generated samples when one group is
-            larger; see ``_goal``). Only speed and memory depend on it, not the result.
+            larger; see ``_goal_steps``). Only speed and memory depend on it, not the result.
         normalization: how the logits l = -dn / R become affinities A (see below): "xy"
             (softmax over targets and generated samples, the paper's default and the
             release's computation), "y" (softmax over the targets only) or "none" (the raw
             kernel exp(l)).
-        batch_max: the maximum over the whole batch (default ``Tensor.amax``); "y" and
-            "none" use it for their one global rescaling (the largest row mass, below).
-            Under data parallelism pass a maximum that also reduces over workers: with
-            ``batch_mean`` alone each worker would rescale by its own constant, which no
-            longer cancels between workers (their shards' forces would be weighted by
-            different factors), so "y" and "none" would only approximate the one-worker
-            loss; "xy" needs no maximum.
 
     Returns:
         loss: [B] float32, mean over (C_g, S) of (gen / s - stopgrad(x + V))^2.
@@ -200,59 +225,207 @@ def drift_loss(
     Exponents are clipped at -80 relative to their half's maximum as on the other paths
     (terms ~1e-35 of the largest).
     """
-    _check_features("gen", gen)
-    B, C_g, S = gen.shape
-    _check_features("pos", pos, B, S)
-    if neg is not None:
-        _check_features("neg", neg, B, S)
-    if batch_mean is None:
-        batch_mean = torch.mean
+    if reduce is None and (batch_mean is not None or batch_max is not None):
+        reduce = _per_statistic(batch_mean, batch_max)
+    inputs = DriftInputs(gen, pos, neg, weight_gen, weight_pos, weight_neg)
+    return drift_losses(
+        [inputs], temperatures=temperatures, attraction_scale=attraction_scale, repulsion_scale=repulsion_scale,
+        reduce=reduce, chunk_elems=chunk_elems, normalization=normalization,
+    )[0]
+
+
+def drift_losses(
+    problems: Sequence[DriftInputs],
+    *,
+    temperatures: Sequence[float] = (0.02, 0.05, 0.2),
+    attraction_scale: float = 1.0,
+    repulsion_scale: float = 1.0,
+    reduce: Reducer | None = None,
+    chunk_elems: int = _CHUNK_ELEMS,
+    normalization: Normalization = "xy",
+    lockstep_elems: int = _LOCKSTEP_ELEMS,
+) -> list[tuple[Tensor, dict[str, Tensor]]]:
+    """``drift_loss`` of several independent problems (an encoder's feature sets), with the
+    cross-worker statistics of all of them gathered into few ``reduce`` calls.
+
+    Each problem's computation stops where it needs a global statistic (the two means of
+    ``scale``; every temperature's mean squared force; for "y" / "none" every temperature's
+    largest row mass) and the problems advance together, so one ``reduce`` call serves the
+    statistic of every problem: 2 all-reduces per step for "xy" and 3 for "y" / "none",
+    whatever the number of feature sets, instead of 2 + T (2 + 2T) per set. Problems that
+    wait together hold their distance matrices and forces at once; they are advanced in
+    groups of at most ``lockstep_elems`` such elements (B C_g (N + T S) per problem; a
+    larger problem alone), each group its own calls. Without ``reduce`` (one process)
+    each problem runs to its end before the next starts. The results are those of
+    ``drift_loss`` on each problem, in order.
+    """
     temperatures = tuple(float(r) for r in temperatures)
     if not temperatures or min(temperatures) <= 0:
         raise ValueError(f"temperatures must be positive and non-empty, got {temperatures}")
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {list(NORMALIZATIONS)}, got {normalization!r}")
-    if batch_max is None:
-        batch_max = torch.amax
-
+    a, r, T = float(attraction_scale), float(repulsion_scale), len(temperatures)
+    for p in problems:
+        _check_features("gen", p.gen)
+        B, _, S = p.gen.shape
+        _check_features("pos", p.pos, B, S)
+        if p.neg is not None:
+            _check_features("neg", p.neg, B, S)
     # Autocast would run the matmuls in bf16/fp16; the field is a small difference of large
-    # terms, so the whole computation is pinned to float32 whatever the caller's context.
-    with torch.autocast(device_type=gen.device.type, enabled=False):
-        gen32 = gen.float()
-        with torch.no_grad():
-            x = gen32.detach()  # [B, C_g, S]
-            target_parts = [x]
-            weight_parts = [_weights("weight_gen", weight_gen, gen)]
-            if neg is not None:
-                target_parts.append(neg.detach().float())
-                weight_parts.append(_weights("weight_neg", weight_neg, neg))
-            target_parts.append(pos.detach().float())
-            weight_parts.append(_weights("weight_pos", weight_pos, pos))
-            y = torch.cat(target_parts, dim=1)  # [B, N, S]
-            w = torch.cat(weight_parts, dim=1)  # [B, N]
-            n_neg = y.shape[1] - pos.shape[1]  # generated + extra negatives come first
-            total, scale_inputs, info = _goal(
-                x, y, w, n_neg, temperatures, float(attraction_scale), float(repulsion_scale), batch_mean, chunk_elems,
-                normalization, batch_max,
-            )
-
-        # The only differentiable expression (s and the drift are constants):
-        # gen / s - goal with goal = x / s + total, x = gen's value, so gen / s - x / s is an
-        # exact 0 in the forward pass and the gradient is the release's.
-        loss = (gen32 - x).div_(scale_inputs).sub_(total).square().mean(dim=(1, 2))
-    return loss, info
+    # terms, so the whole computation is pinned to float32 whatever the caller's context
+    # (one context around all problems: their steps interleave).
+    with contextlib.ExitStack() as stack:
+        for device_type in sorted({p.gen.device.type for p in problems}):
+            stack.enter_context(torch.autocast(device_type=device_type, enabled=False))
+        out: list = [None] * len(problems)
+        for group in _lockstep_groups(problems, T, lockstep_elems if reduce is not None else 0):
+            with torch.no_grad():
+                prepared = {i: _targets(problems[i]) for i in group}
+                steps = [_goal_steps(*prepared[i], temperatures, a, r, chunk_elems, normalization) for i in group]
+                goals = _lockstep(steps, reduce)
+            for i, (total, s_in, info) in zip(group, goals):
+                # The only differentiable expression (s and the drift are constants):
+                # gen / s - goal with goal = x / s + total, x = gen's value, so gen / s - x / s
+                # is an exact 0 in the forward pass and the gradient is the release's.
+                x = prepared[i][0]
+                loss = (problems[i].gen.float() - x).div_(s_in).sub_(total).square().mean(dim=(1, 2))
+                out[i] = (loss, info)
+            del prepared, steps, goals
+    return out
 
 
-def _goal(
+def _per_statistic(batch_mean: Callable[[Tensor], Tensor] | None, batch_max: Callable[[Tensor], Tensor] | None) -> Reducer:
+    """A ``Reducer`` from ``drift_loss``'s per-statistic callables: each value on its own.
+    A worker's mean (maximum) is a tensor's; the mean (maximum) of it over workers is the
+    global one, as shards are equal."""
+    fns = {"mean": batch_mean or torch.mean, "max": batch_max or torch.amax}
+    return lambda op, values: torch.stack([fns[op](v) for v in values])
+
+
+def _targets(p: DriftInputs) -> tuple[Tensor, Tensor, Tensor, int]:
+    """(x, y, w, n_neg): the detached float32 generated features x [B, C_g, S], the targets
+    y = [x, neg, pos] [B, N, S], their weights w [B, N] and how many of them are negatives."""
+    x = p.gen.detach().float()
+    parts, weights = [x], [_weights("weight_gen", p.weight_gen, p.gen)]
+    if p.neg is not None:
+        parts.append(p.neg.detach().float())
+        weights.append(_weights("weight_neg", p.weight_neg, p.neg))
+    parts.append(p.pos.detach().float())
+    weights.append(_weights("weight_pos", p.weight_pos, p.pos))
+    y = torch.cat(parts, dim=1)
+    return x, y, torch.cat(weights, dim=1), y.shape[1] - p.pos.shape[1]
+
+
+def _lockstep_groups(problems: Sequence[DriftInputs], T: int, budget: int) -> list[list[int]]:
+    """Consecutive problems in groups whose held elements B C_g (N + T S) stay within
+    ``budget`` (0: one problem per group)."""
+    groups: list[list[int]] = []
+    held = 0
+    for i, p in enumerate(problems):
+        B, C_g, S = p.gen.shape
+        N = C_g + p.pos.shape[1] + (p.neg.shape[1] if p.neg is not None else 0)
+        need = B * C_g * (N + T * S)
+        if groups and budget and held + need <= budget:
+            groups[-1].append(i)
+            held += need
+        else:
+            groups.append([i])
+            held = need
+    return groups
+
+
+def _lockstep(steps: list[Generator], reduce: Reducer | None) -> list:
+    """Run the generators of ``_goal_steps`` together: each yields (op, this worker's values)
+    and is sent the global values; the requests of one round are one ``reduce`` call per op.
+    Returns each generator's return value."""
+    results: list = [None] * len(steps)
+    waiting = {i: next(g) for i, g in enumerate(steps)}
+    while waiting:
+        replies: dict[int, Tensor] = {}
+        for op in ("mean", "max"):
+            ids = [i for i, (o, _) in waiting.items() if o == op]
+            if not ids:
+                continue
+            values = [waiting[i][1] for i in ids]
+            if reduce is None:
+                replies.update(zip(ids, values))
+                continue
+            reduced = reduce(op, torch.cat(values))
+            replies.update(zip(ids, reduced.split([len(v) for v in values])))
+        nxt = {}
+        for i in waiting:
+            try:
+                nxt[i] = steps[i].send(replies[i])
+            except StopIteration as done:
+                results[i] = done.value
+        waiting = nxt
+    return results
+
+
+def _goal_steps(
     x: Tensor, y: Tensor, w: Tensor, n_neg: int, temperatures: tuple[float, ...], a: float, r: float,
-    batch_mean: Callable[[Tensor], Tensor], chunk_elems: int, normalization: str = "xy",
-    batch_max: Callable[[Tensor], Tensor] = torch.amax,
-) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-    """The drift of ``drift_loss``'s regression target (no gradient): (total, s, info), where
-    the goal is x / s + total.
+    chunk_elems: int, normalization: str = "xy",
+) -> Generator[tuple[str, Tensor], Tensor, tuple[Tensor, Tensor, dict[str, Tensor]]]:
+    """The drift of ``drift_loss``'s regression target (no gradient), as a generator that
+    yields ("mean" | "max", this worker's statistics) where the global batch's are needed
+    and is sent them; returns (total, s, info), where the goal is x / s + total.
 
     x [B, C_g, S] generated, y [B, N, S] targets (generated, extra negatives, positives),
     w [B, N] target weights; the first ``n_neg`` targets are negatives.
+
+    Every temperature's force is computed before any is normalised, so the temperatures'
+    statistics are one request: memory holds dn, T forces and one chunk. The forces come
+    from one of three paths by size: all temperatures at once (``_forces_stacked``), chunks
+    of whole class groups (``_forces_by_group``), or chunks of rows of generated samples for
+    groups larger than a chunk (``_forces_by_rows``).
+    """
+    B, C_g, S = x.shape
+    N = y.shape[1]
+    dist = _pairwise_distance(x, y)  # [B, C_g, N], once for all R
+    # mean_{b,i,j}(d_ij w_j) as a mean of per-row sums (no [B, C_g, N] temporary)
+    num, den = yield "mean", torch.stack([(torch.bmm(dist, w.unsqueeze(-1)).squeeze(-1) / N).mean(), w.mean()])
+    scale = num / den
+    s_in = (scale / math.sqrt(S)).clamp(min=_SCALE_FLOOR)
+    # Forces are computed on the unscaled features: F(y / s) = F(y) / s, and each
+    # temperature's force is divided by its RMS, so only the RMS floor and loss_R see s.
+    dn = dist.div_(scale.clamp(min=_SCALE_FLOOR))
+    del dist
+    # a sample must not repel itself: its self-distance is pushed out of the kernel's reach
+    dn[:, :, :C_g].diagonal(dim1=1, dim2=2).add_(_SELF_DISTANCE)
+    T = len(temperatures)
+    if T * B * C_g * N <= chunk_elems:
+        # small problems (op overhead dominates): every temperature at once
+        forces, q = _forces_stacked(dn, w, y, x, n_neg, temperatures, a, r, normalization)
+    elif C_g * N <= chunk_elems:
+        # whole class groups per chunk: the column softmax stays inside a chunk
+        forces, q = _forces_by_group(dn, w, y, x, n_neg, temperatures, a, r, normalization, groups=max(1, chunk_elems // (C_g * N)))
+    else:
+        forces, q = _forces_by_rows(dn, w, y, x, n_neg, temperatures, a, r, normalization, chunk_elems)
+    del dn
+    if q is not None:
+        # "y" / "none": the rows' raw masses s+ s- relative to the batch's largest, exp(q - max q)
+        q_max = yield "max", q.reshape(T, -1).amax(dim=1)
+        forces.mul_(q.sub_(q_max.clamp(min=_LOG_MIN).view(T, 1, 1, 1)).exp_())
+    flat = forces.reshape(T, -1)
+    # each temperature's normalisation 1 / (s * RMS of force / s) (RMS floored in scaled units)
+    mean_sq = (yield "mean", torch.stack([torch.dot(f, f) for f in flat]) / flat.shape[1]) / s_in.square()
+    info: dict[str, Tensor] = {"scale": scale}
+    info.update({f"loss_R{R}": mean_sq[i] for i, R in enumerate(temperatures)})
+    norm = (s_in * mean_sq.clamp(min=_RMS_FLOOR).sqrt()).reciprocal()  # tensors: no device sync
+    total = forces[0].mul_(norm[0])
+    for i in range(1, T):
+        total.add_(forces[i].mul_(norm[i]))
+    info["drift_norm"] = torch.linalg.vector_norm(total) / math.sqrt(total.numel())
+    return total, s_in, info
+
+
+def _forces_by_rows(
+    dn: Tensor, w: Tensor, y: Tensor, x: Tensor, n_neg: int, temperatures: tuple[float, ...], a: float, r: float,
+    normalization: str, chunk_elems: int,
+) -> tuple[Tensor, Tensor | None]:
+    """``_goal_steps``'s forces [T, B, C_g, S] (and "y" / "none"'s log row masses q
+    [T, B, C_g, 1]) in chunks of rows of generated samples, for class groups larger than a
+    chunk.
 
     The release computes, per temperature R, two softmaxes of l = -dn / R and
     A = sqrt(max(softmax_row * softmax_col, 1e-6)) * w. With the log-sum-exps
@@ -268,69 +441,37 @@ def _goal(
         F_i = a s-_i (A+ y+)_i - r s+_i (A- y-)_i - (a - r) s-_i s+_i x_i,
 
     the release's cross-weighted field: A's halves are scaled in place by a s- and -r s+
-    (per row), one matmul gives the first two terms. Each temperature's force is then
-    divided by its RMS and added to the total, so memory holds dn, one force and one
-    chunk whatever the number of temperatures.
+    (per row), one matmul gives the first two terms.
 
-    When one class group's [C_g, N] fits in a chunk (every problem of the digits and
-    ImageNet settings), chunks are whole groups instead (``_forces_by_group``): a group's
-    column softmax is then inside its chunk, and the fused log-softmaxes replace the two
-    passes. The row chunks below are for groups larger than a chunk.
-
-    The other normalisations need no column pass: "y" and "none" compute each row's
-    normalised force G_i and log mass q_i in one pass over the chunks (``_halves``; "y"
-    subtracts 2 L_i from q) and rescale the rows by exp(q_i - max q) once every row is done
-    (``_row_masses``).
+    "y" and "none" need no column pass: they compute each row's normalised force G_i and
+    log mass q_i in one pass over the chunks (``_halves``; "y" subtracts 2 L_i from q); the
+    rows are rescaled by exp(q_i - max q) once every row is done.
     """
-    B, C_g, S = x.shape
-    N = y.shape[1]
-    dist = _pairwise_distance(x, y)  # [B, C_g, N], once for all R
-    # mean_{b,i,j}(d_ij w_j) as a mean of per-row sums (no [B, C_g, N] temporary)
-    scale = batch_mean(torch.bmm(dist, w.unsqueeze(-1)).squeeze(-1) / N) / batch_mean(w)
-    s_in = (scale / math.sqrt(S)).clamp(min=_SCALE_FLOOR)
-    # Forces are computed on the unscaled features: F(y / s) = F(y) / s, and each
-    # temperature's force is divided by its RMS, so only the RMS floor and loss_R see s.
-    dn = dist.div_(scale.clamp(min=_SCALE_FLOOR))
-    # a sample must not repel itself: its self-distance is pushed out of the kernel's reach
-    dn[:, :, :C_g].diagonal(dim1=1, dim2=2).add_(_SELF_DISTANCE)
-    info: dict[str, Tensor] = {"scale": scale}
+    B, C_g, N = dn.shape
     T = len(temperatures)
-    if T * B * C_g * N <= chunk_elems:
-        # small problems (op overhead dominates): every temperature at once
-        total = _forces_stacked(dn, w, y, x, n_neg, temperatures, a, r, batch_mean, s_in, info, normalization, batch_max)
-        info["drift_norm"] = torch.linalg.vector_norm(total) / math.sqrt(total.numel())
-        return total, s_in, info
-    if C_g * N <= chunk_elems:
-        # whole class groups per chunk: the column softmax stays inside a chunk
-        total = _forces_by_group(dn, w, y, x, n_neg, temperatures, a, r, batch_mean, s_in, info, normalization, batch_max,
-                                 groups=max(1, chunk_elems // (C_g * N)))
-        info["drift_norm"] = torch.linalg.vector_norm(total) / math.sqrt(total.numel())
-        return total, s_in, info
     w_col = w.unsqueeze(1)  # [B, 1, N]
+    q = None
     if normalization == "xy":
         row_min = dn.amin(dim=-1)  # [B, C_g]
         col_min = dn.amin(dim=-2)  # [B, N]
     else:
         log_w, mask = w_col.log(), (w_col > 0).to(w.dtype)  # log w is -inf where w = 0
-        q = torch.empty(B, C_g, 1, dtype=x.dtype, device=x.device)  # each row's log mass
+        q = torch.empty(T, B, C_g, 1, dtype=x.dtype, device=x.device)  # each row's log mass
     log_floor = 0.5 * math.log(_AFFINITY_FLOOR)  # A's floor, applied to the exponent
     rows = max(1, min(C_g, chunk_elems // max(1, B * N)))
     chunks = [(i, min(C_g, i + rows)) for i in range(0, C_g, rows)]
     buf = torch.empty(B, rows, N, dtype=x.dtype, device=x.device)
-
-    total = torch.zeros_like(x)
-    force = torch.empty_like(x)
-    for R in temperatures:
+    forces = torch.empty(T, *x.shape, dtype=x.dtype, device=x.device)
+    for t, R in enumerate(temperatures):
         k = -1.0 / R
-        if normalization != "xy":
+        force = forces[t]
+        if q is not None:
             for i0, i1 in chunks:  # normalised halves, each row's log mass aside
                 e = buf[:, : i1 - i0]
                 torch.mul(dn[:, i0:i1], k, out=e)
                 softmax_lse = torch.logsumexp(e, dim=-1, keepdim=True) if normalization == "y" else None
-                q[:, i0:i1] = _halves(e, log_w, mask, n_neg, softmax_lse)
+                q[t, :, i0:i1] = _halves(e, log_w, mask, n_neg, softmax_lse)
                 _chunk_force(e, y, x[:, i0:i1], force[:, i0:i1], n_neg, a, r)
-            force.mul_(_row_masses(q, batch_max))
-            total.add_(force.mul_(_normaliser(force, s_in, batch_mean, info, f"loss_R{R}")))
             continue
         # pass 1: K_j = -col_min_j / R + log sum_i exp((dn_ij - col_min_j) * k). Exponents
         # below _EXP_MIN are clipped: their terms (< 1e-30) cannot change a sum that holds a
@@ -354,9 +495,7 @@ def _goal(
             torch.mul(d, k, out=e)
             e.add_(half_k_col).add_(half_l_row).clamp_(min=log_floor).exp_().mul_(w_col)
             _chunk_force(e, y, x[:, i0:i1], force[:, i0:i1], n_neg, a, r)
-        total.add_(force.mul_(_normaliser(force, s_in, batch_mean, info, f"loss_R{R}")))
-    info["drift_norm"] = torch.linalg.vector_norm(total) / math.sqrt(total.numel())
-    return total, s_in, info
+    return forces, q
 
 
 def _xy_affinity(logits: Tensor, w_col: Tensor) -> Tensor:
@@ -369,37 +508,33 @@ def _xy_affinity(logits: Tensor, w_col: Tensor) -> Tensor:
 
 def _forces_by_group(
     dn: Tensor, w: Tensor, y: Tensor, x: Tensor, n_neg: int, temperatures: tuple[float, ...], a: float, r: float,
-    batch_mean: Callable[[Tensor], Tensor], s_in: Tensor, info: dict[str, Tensor], normalization: str,
-    batch_max: Callable[[Tensor], Tensor], *, groups: int,
-) -> Tensor:
-    """``_goal``'s forces in chunks of ``groups`` whole class groups (rows of the batch
-    dimension): a group's kernel [C_g, N] is complete inside its chunk, so both softmaxes
-    of "xy" are the fused log-softmaxes of ``_forces_stacked`` on the chunk (one pass over
-    the chunk per temperature instead of the row path's two) and the chunk stays in cache.
-    Each temperature's force is normalised once every chunk is done ("y" / "none" rescale
-    their rows by the batch's largest mass first, as on the other paths)."""
+    normalization: str, *, groups: int,
+) -> tuple[Tensor, Tensor | None]:
+    """``_goal_steps``'s forces [T, B, C_g, S] (and "y" / "none"'s log row masses) in chunks
+    of ``groups`` whole class groups (rows of the batch dimension): a group's kernel
+    [C_g, N] is complete inside its chunk, so both softmaxes of "xy" are the fused
+    log-softmaxes of ``_forces_stacked`` on the chunk (one pass over the chunk per
+    temperature instead of the row path's two) and the chunk stays in cache."""
     B, C_g, N = dn.shape
+    T = len(temperatures)
     w_col = w.unsqueeze(1)  # [B, 1, N]
+    q = None
     if normalization != "xy":
         log_w, mask = w_col.log(), (w_col > 0).to(w.dtype)
-        q = torch.empty(B, C_g, 1, dtype=x.dtype, device=x.device)
+        q = torch.empty(T, B, C_g, 1, dtype=x.dtype, device=x.device)
     spans = [(b, min(B, b + groups)) for b in range(0, B, groups)]
-    total = torch.zeros_like(x)
-    force = torch.empty_like(x)
-    for R in temperatures:
+    forces = torch.empty(T, *x.shape, dtype=x.dtype, device=x.device)
+    for t, R in enumerate(temperatures):
         k = -1.0 / R
         for b0, b1 in spans:
             e = dn[b0:b1] * k  # the logits of the chunk's groups
-            if normalization == "xy":
+            if q is None:
                 e = _xy_affinity(e, w_col[b0:b1])
             else:
                 softmax_lse = torch.logsumexp(e, dim=-1, keepdim=True) if normalization == "y" else None
-                q[b0:b1] = _halves(e, log_w[b0:b1], mask[b0:b1], n_neg, softmax_lse)
-            _chunk_force(e, y[b0:b1], x[b0:b1], force[b0:b1], n_neg, a, r)
-        if normalization != "xy":
-            force.mul_(_row_masses(q, batch_max))
-        total.add_(force.mul_(_normaliser(force, s_in, batch_mean, info, f"loss_R{R}")))
-    return total
+                q[t, b0:b1] = _halves(e, log_w[b0:b1], mask[b0:b1], n_neg, softmax_lse)
+            _chunk_force(e, y[b0:b1], x[b0:b1], forces[t, b0:b1], n_neg, a, r)
+    return forces, q
 
 
 def _chunk_force(e: Tensor, y: Tensor, x: Tensor, f: Tensor, n_neg: int, a: float, r: float) -> None:
@@ -443,38 +578,18 @@ def _halves(e: Tensor, log_w: Tensor, mask: Tensor, n_neg: int, lse: Tensor | No
     return q
 
 
-def _row_masses(q: Tensor, batch_max: Callable[[Tensor], Tensor]) -> Tensor:
-    """exp(q - max q): the rows' raw masses s+ s- relative to the batch's largest (<= 1)."""
-    return (q - batch_max(q).clamp(min=_LOG_MIN)).exp_()
-
-
-def _mean_square(t: Tensor, batch_mean: Callable[[Tensor], Tensor]) -> Tensor:
-    if batch_mean is torch.mean:  # one pass, no temporary
-        flat = t.reshape(-1)
-        return torch.dot(flat, flat) / flat.numel()
-    return batch_mean(t.square())
-
-
-def _normaliser(force: Tensor, s_in: Tensor, batch_mean, info: dict, key: str) -> Tensor:
-    """1 / (s * RMS of force / s), the release's per-temperature normalisation of a force
-    computed on unscaled features (RMS floored in scaled units); records loss_R."""
-    mean_sq = _mean_square(force, batch_mean) / s_in.square()
-    info[key] = mean_sq
-    return (s_in * mean_sq.clamp(min=_RMS_FLOOR).sqrt()).reciprocal()  # a 0-dim tensor: no device sync
-
 
 def _forces_stacked(
     dn: Tensor, w: Tensor, y: Tensor, x: Tensor, n_neg: int, temperatures: tuple[float, ...], a: float, r: float,
-    batch_mean: Callable[[Tensor], Tensor], s_in: Tensor, info: dict[str, Tensor], normalization: str = "xy",
-    batch_max: Callable[[Tensor], Tensor] = torch.amax,
-) -> Tensor:
-    """``_goal``'s forces for a kernel matrix small enough to hold once per temperature:
-    the temperatures are a leading batch dimension, so each step is one operation (the
-    fused log-softmaxes give l - L and l - K; A = exp((l - L + l - K) / 2), floored; "y"
-    and "none": ``_halves`` and ``_row_masses``)."""
+    normalization: str = "xy",
+) -> tuple[Tensor, Tensor | None]:
+    """``_goal_steps``'s forces [T, B, C_g, S] for a kernel matrix small enough to hold once
+    per temperature: the temperatures are a leading batch dimension, so each step is one
+    operation (the fused log-softmaxes give l - L and l - K; A = exp((l - L + l - K) / 2),
+    floored; "y" and "none": ``_halves``, whose log row masses q [T, B, C_g, 1] come back)."""
     T = len(temperatures)
-    B, C_g, N = dn.shape
     k = torch.tensor([-1.0 / t for t in temperatures], dtype=dn.dtype, device=dn.device).view(T, 1, 1, 1)
+    q = None
     if normalization == "xy":
         e = _xy_affinity(dn.unsqueeze(0) * k, w.unsqueeze(1))  # [T, B, C_g, N]
     else:
@@ -487,16 +602,10 @@ def _forces_stacked(
     s_pos = a_pos.sum(dim=-1, keepdim=True)
     a_pos.mul_(s_neg * a)
     a_neg.mul_(s_pos * -r)
-    force = torch.matmul(e, y.unsqueeze(0))  # [T, B, C_g, S]
+    forces = torch.matmul(e, y.unsqueeze(0))  # [T, B, C_g, S]
     if a != r:
-        force.sub_(x.unsqueeze(0) * (s_neg * s_pos * (a - r)))
-    if normalization != "xy":
-        for i in range(T):
-            force[i].mul_(_row_masses(q[i], batch_max))
-    total = force[0].mul_(_normaliser(force[0], s_in, batch_mean, info, f"loss_R{temperatures[0]}"))
-    for i in range(1, T):
-        total.add_(force[i].mul_(_normaliser(force[i], s_in, batch_mean, info, f"loss_R{temperatures[i]}")))
-    return total
+        forces.sub_(x.unsqueeze(0) * (s_neg * s_pos * (a - r)))
+    return forces, q
 
 
 def drift_field(

@@ -295,8 +295,7 @@ class _Run:
             attraction_scale=cfg.drift.attraction_scale,
             repulsion_scale=cfg.drift.repulsion_scale,
             normalization=cfg.drift.normalization,
-            batch_mean=D.global_mean if self.ctx.world > 1 else None,
-            batch_max=D.global_max if self.ctx.world > 1 else None,
+            reduce=D.all_reduce_values if self.ctx.world > 1 else None,
         )
         for g in self.opt.param_groups:
             g["lr"] = tc.lr * lr_factor(step, warmup=tc.warmup_steps, total=tc.steps, schedule=tc.schedule)
@@ -308,14 +307,27 @@ class _Run:
         metrics.update(loss=float(loss.detach()), grad_norm=float(grad_norm), spread_ratio=spread_ratio(x_gen, self.class_spread[batch.classes.cpu()], self.n_groups))
         return metrics
 
-    def summary(self, first_step_seconds: Optional[float]) -> dict:
+    def data_parallel(self, steps: int, all_reduces: int) -> dict:
+        """The summary's `data_parallel`: workers and collectives per step of the `steps`
+        steps run (the drift loss's all-reduces, `all_reduces` of them, and DDP's gradient
+        buckets, one all-reduce each, overlapping the backward pass)."""
+        out: dict = {"workers": self.ctx.world, "drift_loss_all_reduces_per_step": round(all_reduces / max(1, steps), 2)}
+        try:  # DDP's own record of its buckets (private: absent from some torch builds)
+            out["gradient_buckets"] = len(str(self.model._get_ddp_logging_data()["rebuilt_bucket_sizes"]).split())
+        except (AttributeError, KeyError, RuntimeError):
+            pass
+        return out
+
+    def summary(self, first_step_seconds: Optional[float], data_parallel: Optional[dict] = None) -> dict:
         """summary.json before the final evaluation: steps, timing, feature bank, provenance."""
         summary = timing_summary(self.ctx, self.cfg.train.steps)
         if first_step_seconds is not None:
             summary["first_step_seconds"] = round(first_step_seconds, 3)
+        if data_parallel:
+            summary["data_parallel"] = data_parallel
         # when this call started (epoch seconds): launchers and benchmarks measure their own
         # overhead against it; a dict, so trackers do not log it as a metric
-        summary["timing"] = {"loop_started_at": round(self.ctx.started, 3)}
+        summary["timing"] = {"loop_started_at": round(self.ctx.started, 3), "torch_threads": torch.get_num_threads()}
         summary["feature_bank"] = self.bank_info
         if hasattr(self.encoder, "provenance"):  # learned / release encoders: which artifact was used
             summary["encoder"] = self.encoder.provenance()
@@ -363,6 +375,7 @@ def _train(cfg: Config, out_dir, stop: StopSignals, *, reporter, resume, progres
     first_step_seconds = None  # setup (data, encoder, bank, model) + one step
     run.generator.train()
     done = run.start_step
+    all_reduces = D.all_reduce_count()
 
     def flush() -> None:  # an interrupt between log points logs the steps since the last one
         if window.n:
@@ -401,11 +414,12 @@ def _train(cfg: Config, out_dir, stop: StopSignals, *, reporter, resume, progres
                 stop.check(done, tc.steps, ckpt, run.state, flush)
     finally:
         bar.close()
+    parallel = run.data_parallel(tc.steps - run.start_step, D.all_reduce_count() - all_reduces) if ctx.world > 1 else None
     ckpt.save(tc.steps, run.state)
     stop.check(tc.steps, tc.steps, ckpt, run.state)  # a signal in the last step: stop before the evaluation
 
     # finish: the final evaluation and summary.json (rank 0)
-    summary = run.summary(first_step_seconds)
+    summary = run.summary(first_step_seconds, parallel)
     if ctx.main and evaluate:
         summary.update(evaluate_run(cfg, run.dataset, run.ema.model, ctx.out, device=ctx.device))
         summary["seconds"] = round(ctx.elapsed(), 2)

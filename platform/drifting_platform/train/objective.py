@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from ..drift import drift_loss
+from ..drift import DriftInputs, Reducer, drift_losses
 
 
 def fold_groups(feat: torch.Tensor, n_groups: int) -> torch.Tensor:
@@ -40,8 +40,7 @@ def group_drift_loss(
     attraction_scale: float = 1.0,
     repulsion_scale: float = 1.0,
     normalization: str = "xy",
-    batch_mean=None,
-    batch_max=None,
+    reduce: Optional[Reducer] = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Sum over feature sets of the mean drifting loss of every class group.
 
@@ -50,36 +49,31 @@ def group_drift_loss(
     negative in each group (zero at CFG scale 1). Returns (scalar loss, diagnostics), where
     the diagnostics hold each temperature's raw force, averaged over feature sets: it keeps
     moving when the normalised loss sits near its constant value, and `feature_sets`, how
-    many sets entered the loss. `normalization` (the kernel's: "xy", "y" or "none"),
-    `batch_mean` and `batch_max` go to `drift_loss` (under data parallelism a mean and a
-    maximum over workers as well).
+    many sets entered the loss. `normalization` (the kernel's: "xy", "y" or "none") and
+    `reduce` (under data parallelism the statistics over workers,
+    `train.distributed.all_reduce_values`) go to `drift_losses`: every feature set's
+    statistics share its few all-reduces.
     """
-    total = None
-    raw: dict[str, list[float]] = {}
-    per_set: dict[str, float] = {}
+    problems = []
     for name, g in gen_feats.items():
         L = g.shape[1]
-        gen = fold_groups(g, n_groups)
-        pos = fold_groups(pos_feats[name], n_groups)
         neg = weight_neg = None
         if unc_feats is not None and unc_feats[name].shape[0] > 0:
             neg = shared_negatives(unc_feats[name], n_groups)
             w = unc_weight if unc_weight is not None else torch.ones(n_groups, device=g.device)
             weight_neg = w.to(torch.float32).reshape(n_groups, 1, 1).expand(n_groups, L, neg.shape[1]).reshape(n_groups * L, neg.shape[1])
-        loss, info = drift_loss(
-            gen, pos, neg, weight_neg=weight_neg, temperatures=temperatures,
-            attraction_scale=attraction_scale, repulsion_scale=repulsion_scale, normalization=normalization,
-            batch_mean=batch_mean, batch_max=batch_max,
-        )
-        set_loss = loss.mean()
-        total = set_loss if total is None else total + set_loss
-        per_set[name] = float(set_loss.detach())
-        for key, value in info.items():
-            if key.startswith("loss_R"):
-                raw.setdefault(key[len("loss_R"):], []).append(float(value))
-    metrics = {f"drift_raw/tau_{tau}": sum(v) / len(v) for tau, v in raw.items()}
-    metrics["feature_sets"] = float(len(per_set))
-    assert total is not None, "the encoder returned no feature sets"
+        problems.append(DriftInputs(fold_groups(g, n_groups), fold_groups(pos_feats[name], n_groups), neg, weight_neg=weight_neg))
+    assert problems, "the encoder returned no feature sets"
+    results = drift_losses(
+        problems, temperatures=temperatures, attraction_scale=attraction_scale, repulsion_scale=repulsion_scale,
+        normalization=normalization, reduce=reduce,
+    )
+    total = sum(loss.mean() for loss, _ in results)
+    # the diagnostics leave the device once, as one tensor (no synchronisation per set)
+    keys = [f"loss_R{float(t)}" for t in temperatures]
+    raw = torch.stack([torch.stack([info[k] for k in keys]) for _, info in results]).mean(dim=0).tolist()
+    metrics = {f"drift_raw/tau_{k[len('loss_R'):]}": v for k, v in zip(keys, raw)}
+    metrics["feature_sets"] = float(len(results))
     return total, metrics
 
 
