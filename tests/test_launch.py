@@ -332,6 +332,73 @@ def test_seeds_options_of_the_commands():
 # --------------------------------------------------------------------------- with Ray
 
 
+def _packed(tmp_path, resources: str, rows: int = 6, extra: str = ""):
+    body = "name: packed\nrows:\n" + "".join(f"  - {{name: r{i}, set: {{seed: {i}}}}}\n" for i in range(rows)) + f"resources: {resources}\n{extra}"
+    return load_sweep(_write(tmp_path, body))
+
+
+@pytest.mark.parametrize("resources, extra, cluster, want_res, want_cap, threads", [
+    # four trials share each GPU; the 16 CPUs are split among the 4 that run at once
+    ("{cpus_per_trial: auto, gpu: 0.25}", "", {"CPU": 16, "GPU": 1}, {"cpu": 4.0, "gpu": 0.25}, None, 4),
+    ("{cpus_per_trial: auto, gpu: 0.25}", "", {"CPU": 16, "GPU": 2}, {"cpu": 2.0, "gpu": 0.25}, None, 2),
+    ("{cpus_per_trial: 1, gpu: 0.5}", "", {"CPU": 16, "GPU": 1}, {"cpu": 1.0, "gpu": 0.5}, None, 1),
+    # CPUs only: one trial per CPU, or the CPUs shared by max_concurrent trials
+    ("{cpus_per_trial: auto}", "", {"CPU": 2}, {"cpu": 1.0, "gpu": 0.0}, None, 1),
+    ("{cpus_per_trial: auto}", "max_concurrent: 1\n", {"CPU": 2}, {"cpu": 2.0, "gpu": 0.0}, 1, 2),
+    ("{cpus_per_trial: auto}", "", {"CPU": 64}, {"cpu": 10.0, "gpu": 0.0}, None, 10),  # 6 trials on 64 CPUs
+    # DDP trials: whole GPUs; auto splits the CPUs over the workers that fit
+    ("{cpus_per_trial: auto, workers: 2}", "", {"CPU": 8}, {"cpu": 0, "memory": 64 * 1024**2}, 4, 1),
+    ("{cpus_per_trial: auto, workers: 2, gpu: true}", "", {"CPU": 16, "GPU": 4}, {"cpu": 0, "memory": 64 * 1024**2}, 2, 4),
+])
+def test_sweep_plans_pack_trials_onto_the_cluster(tmp_path, resources, extra, cluster, want_res, want_cap, threads):
+    from drifting_platform.launch.plan import describe_plan, plan_resources
+
+    spec = _packed(tmp_path, resources, extra=extra)
+    res, cap, resolved = plan_resources(spec, cluster)
+    assert res == want_res and cap == want_cap
+    assert resolved.resources.cpus_per_trial == threads
+    line = describe_plan(resolved, cluster, res, cap)
+    assert line.startswith("resources: each trial") and f"{threads:g} CPU(s)" in line, line
+
+
+@pytest.mark.parametrize("resources, cluster, match", [
+    ("{gpu: 0.25, workers: 2}", None, r"resources\.gpu: a fraction of a GPU \(0\.25\) is for trials of workers: 1"),
+    ("{gpu: 1.5}", None, r"resources\.gpu: true / false, or a fraction"),
+    ("{gpu: -0.5}", None, r"resources\.gpu: true / false, or a fraction"),
+    ("{cpus_per_trial: many}", None, r"resources\.cpus_per_trial"),
+    ("{gpu: 0.25}", {"CPU": 16}, r"resources\.gpu: trials need 0\.25 of a GPU but the Ray cluster has 0 GPUs"),
+    ("{gpu: true, workers: 2}", {"CPU": 16, "GPU": 1}, r"resources\.workers: trials need 2 GPU workers per trial but the Ray cluster has 1 GPUs"),
+])
+def test_bad_packing_is_refused_with_the_key(tmp_path, resources, cluster, match):
+    from drifting_platform.launch.plan import plan_resources
+
+    with pytest.raises(SweepError, match=match):
+        spec = _packed(tmp_path, resources)
+        plan_resources(spec, cluster)
+
+
+def test_auto_cpus_give_a_lone_trial_every_cpu_as_threads(ray_local, tmp_path, capsys):
+    """`cpus_per_trial: auto` on the local Ray (2 CPUs) with one trial: it holds both CPUs
+    and its loop runs 2 torch threads; the sweep says so."""
+    from drifting_platform.launch.sweep import run_sweep
+
+    spec = _write(tmp_path, textwrap.dedent(f"""
+        name: auto_cpus
+        base: {DIGITS}
+        preset: smoke
+        set: [eval.num_samples=100, train.steps=2, train.log_every=2]
+        rows:
+          - {{name: only, set: {{seed: 0}}}}
+        resources: {{cpus_per_trial: auto}}
+        metric: {{name: fid, mode: min}}
+    """))
+    res = run_sweep(spec, out_root=tmp_path / "sweeps", tracker=False, verbose=0)
+    assert [t.status for t in res.trials] == ["FINISHED"], res.trials[0].error
+    summary = json.loads((Path(res.trials[0].trial_dir) / "summary.json").read_text())
+    assert summary["timing"]["torch_threads"] == 2
+    assert "resources: each trial 2 CPU(s) / torch thread(s); up to 1 at once on the cluster's 2 CPUs" in capsys.readouterr().out
+
+
 def test_make_trainer_polls_ray_train_quickly_unless_told(tmp_path, monkeypatch):
     """Ray Train V2 waits for its controller's poll (2 s by default) on every report,
     checkpoint and at the end; make_trainer sets a short interval unless the user chose one."""
@@ -377,6 +444,11 @@ def test_two_workers_match_one_worker(ray_local, tmp_path):
     assert cfg.sampling.n_classes == 4
     summary = fit_ray(cfg, tmp_path / "w2", workers=2)
     assert summary["steps"] == 4 and "fid" in summary
+    # every feature set's global statistics in two all-reduces per step ("xy": the scale's
+    # means, every temperature's RMS), not 2 + T per feature set; DDP's buckets besides
+    parallel = summary["data_parallel"]
+    assert parallel["workers"] == 2 and parallel["drift_loss_all_reduces_per_step"] == 2, parallel
+    assert parallel.get("gradient_buckets", 1) >= 1
     training_loop(cfg, tmp_path / "w1", progress=False, evaluate=False)
     a, b = _generator_state(tmp_path / "w2"), _generator_state(tmp_path / "w1")
     assert a.keys() == b.keys()

@@ -2,10 +2,12 @@
 
 - `storage_root` / `tune_storage`: where Tune keeps its state (the sweep directory, or
   `--storage-path`, a shared directory or s3://).
-- `plan_resources`: a `workers: 1` trial holds `cpus_per_trial` CPUs (and a GPU); a trial of
-  more workers fits a `TorchTrainer` whose workers Train V2 places itself, so the trial
-  function holds no CPU and concurrency is capped so that all running trials' workers fit
-  the cluster.
+- `plan_resources`: a `workers: 1` trial holds `cpus_per_trial` CPUs (and a GPU, or a share
+  of one: `gpu: 0.25` packs four trials onto each GPU); a trial of more workers fits a
+  `TorchTrainer` whose workers Train V2 places itself, so the trial function holds no CPU
+  and concurrency is capped so that all running trials' workers fit the cluster.
+  `cpus_per_trial: auto` shares the cluster's CPUs (as torch threads) among the trials that
+  run at once.
 - `param_space`: what Tune varies, as the values themselves: grid / rows sweeps
   grid-search over the planned trials' records, Optuna samples `{path: value}`
   (`points.describe` reads either back).
@@ -15,6 +17,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Optional
@@ -52,28 +55,56 @@ def tune_name(resume: bool) -> str:
     return f"tune-resumed-{time.strftime('%Y%m%d-%H%M%S')}" if resume else "tune"
 
 
-def plan_resources(spec: SweepSpec, cluster: dict) -> tuple[dict, Optional[int]]:
-    """(Tune resources of one trial function, max concurrent trials); SweepError if it cannot fit."""
+def plan_resources(spec: SweepSpec, cluster: dict) -> tuple[dict, Optional[int], SweepSpec]:
+    """(Tune resources of one trial function, max concurrent trials, the spec with its
+    `resources` resolved); SweepError if a trial cannot fit.
+
+    `cpus_per_trial: auto` fills the cluster: the trials that can run at once (one per GPU
+    share with `gpu`, else one per CPU per worker; at most `max_concurrent` and the number
+    of trials) share its CPUs evenly, each worker getting that many CPUs and torch
+    threads. A fractional `gpu` packs trials onto GPUs: Ray places 1 / gpu of them on each.
+    """
     r = spec.resources
     cpus, gpus = float(cluster.get("CPU", 0)), float(cluster.get("GPU", 0))
-    c, w = float(r.cpus_per_trial), r.workers
+    w, g = r.workers, r.gpus_per_worker
     where = f"(sweep file {spec.path})"
+    if g and gpus < (g if w == 1 else w):
+        need = f"{w} GPU workers per trial" if w > 1 else ("a GPU" if g == 1 else f"{g:g} of a GPU")
+        raise SweepError(f"resources.{'workers' if w > 1 else 'gpu'}: trials need {need} but the Ray cluster has {gpus:g} GPUs {where}")
+    if r.cpus_per_trial == "auto":
+        trials = spec.num_samples if spec.search == "optuna" else len(spec.trials)
+        slots = int(gpus // (g * w) + 1e-9) if g else int(cpus // w)
+        slots = max(1, min(slots, spec.max_concurrent or slots, trials or 1))
+        r = dataclasses.replace(r, cpus_per_trial=float(max(1, int(cpus // (slots * w)))))
+        spec = dataclasses.replace(spec, resources=r)
+    c = float(r.cpus_per_trial)
     if w == 1:
         if c > cpus:
             raise SweepError(f"resources.cpus_per_trial: a trial needs {c:g} CPUs but the Ray cluster has {cpus:g} {where}")
-        if r.gpu and gpus < 1:
-            raise SweepError(f"resources.gpu: trials need a GPU but the Ray cluster has none {where}")
-        return {"cpu": c, "gpu": 1 if r.gpu else 0}, spec.max_concurrent
+        return {"cpu": c, "gpu": g}, spec.max_concurrent, spec
     if w * c > cpus:
         raise SweepError(f"resources.workers: {w} workers x {c:g} CPUs (cpus_per_trial) = {w * c:g} CPUs per trial, but the Ray cluster has {cpus:g} {where}")
-    if r.gpu and w > gpus:
-        raise SweepError(f"resources.workers: {w} GPU workers per trial but the Ray cluster has {gpus:g} GPUs {where}")
     fit = int(cpus // (w * c))
-    if r.gpu:
+    if g:
         fit = min(fit, int(gpus // w))
     # the trial function only waits for its TorchTrainer, whose workers Train V2 places
     # itself; it holds no CPU, and the cap keeps all running trials' workers in the cluster
-    return {"cpu": 0, "memory": 64 * 1024**2}, min(spec.max_concurrent or fit, fit)  # Tune needs a non-empty bundle
+    return {"cpu": 0, "memory": 64 * 1024**2}, min(spec.max_concurrent or fit, fit), spec  # Tune needs a non-empty bundle
+
+
+def describe_plan(spec: SweepSpec, cluster: dict, trial_res: dict, cap: Optional[int]) -> str:
+    """One line for the sweep's start: what each trial holds and how many run at once."""
+    r = spec.resources
+    cpus, gpus = float(cluster.get("CPU", 0)), float(cluster.get("GPU", 0))
+    g = r.gpus_per_worker
+    each = f"{r.cpus_per_trial:g} CPU(s) / torch thread(s)" + (f" and {g:g} GPU" if g else "")
+    if r.workers > 1:
+        each = f"{r.workers} workers of {each}"
+    by_res = int(cpus // (r.cpus_per_trial * r.workers))
+    if g:
+        by_res = min(by_res, int(gpus // (g * r.workers) + 1e-9))
+    at_once = min(by_res, cap) if cap else by_res
+    return f"resources: each trial {each}; up to {max(1, at_once)} at once on the cluster's {cpus:g} CPUs" + (f" and {gpus:g} GPUs" if gpus else "")
 
 
 def param_space(spec: SweepSpec) -> dict:

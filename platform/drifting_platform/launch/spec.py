@@ -41,7 +41,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from .. import config as C
 from ..config import ConfigError
@@ -64,9 +64,17 @@ class SweepError(ConfigError):
 
 @dataclass(frozen=True)
 class Resources:
-    cpus_per_trial: float = 1.0  # CPUs of each trial (each worker, with workers > 1)
+    # CPUs (= torch threads) of each trial (each worker, with workers > 1); "auto": the
+    # cluster's CPUs shared evenly by the trials that run at once (launch.plan)
+    cpus_per_trial: Union[float, Literal["auto"]] = 1.0
     workers: int = 1  # 1: the loop runs in the trial process; N: a TorchTrainer of N workers
-    gpu: bool = False  # one GPU per worker
+    # true: one GPU per worker; a fraction in (0, 1), e.g. 0.25: that share of one GPU per
+    # trial (workers: 1), so that several small trials are packed onto each GPU
+    gpu: Union[bool, float] = False
+
+    @property
+    def gpus_per_worker(self) -> float:
+        return 1.0 if self.gpu is True else float(self.gpu or 0.0)
 
 
 @dataclass(frozen=True)
@@ -478,10 +486,16 @@ def load_sweep(path: str | Path, *, preset: Optional[str] = None, overrides: tup
     if scheduler.reduction_factor <= 1:
         raise _err("scheduler.reduction_factor", "must be > 1", file)
     resources = _build(Resources, raw.get("resources"), "resources", file)
-    if resources.cpus_per_trial <= 0:
-        raise _err("resources.cpus_per_trial", f"must be > 0, got {resources.cpus_per_trial:g}", file)
+    if resources.cpus_per_trial != "auto" and resources.cpus_per_trial <= 0:
+        raise _err("resources.cpus_per_trial", f"must be > 0 or auto, got {resources.cpus_per_trial:g}", file)
     if resources.workers < 1:
         raise _err("resources.workers", f"must be >= 1, got {resources.workers}", file)
+    g = resources.gpus_per_worker
+    if not 0 <= g <= 1:
+        raise _err("resources.gpu", f"true / false, or a fraction of one GPU per trial in (0, 1); got {resources.gpu!r}", file)
+    if 0 < g < 1 and resources.workers > 1:
+        raise _err("resources.gpu", f"a fraction of a GPU ({g:g}) is for trials of workers: 1; each of the {resources.workers} "
+                   "workers of a DDP trial needs a whole GPU (gpu: true)", file)
     max_concurrent = _count(raw, "max_concurrent", None, 1, file)
     max_failures = _count(raw, "max_failures", 2, 0, file)
     metric = _build(Metric, raw.get("metric"), "metric", file)

@@ -290,7 +290,8 @@ def _run(spec: SweepSpec, preset_label: str, sweep_name: str, sweep_dir: Path, t
     cluster = ray_init_for_sweep(gpus=r.workers if r.gpu else 0, gpu_key="resources.gpu")
     stop.arm()  # ray.init replaced our SIGTERM handler with its own (sys.exit)
     try:
-        trial_res, cap = plan.plan_resources(spec, cluster)
+        trial_res, cap, spec = plan.plan_resources(spec, cluster)  # cpus_per_trial: auto resolved
+        print(plan.describe_plan(spec, cluster, trial_res, cap))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         pinned: dict = {}
         if spec.prepare is not None:  # the latent set every trial trains on (made or reused)

@@ -175,7 +175,7 @@ def run_trial(config: dict, ctx: SweepContext) -> None:
     trial, tdir = ctx.describe(config)
     res = ctx.spec.resources
     cpus = max(1, int(res.cpus_per_trial))
-    cfg = worker_cfg(ctx.spec.trial_config(trial.params), gpu=res.gpu, cpus_per_worker=cpus)
+    cfg = worker_cfg(ctx.spec.trial_config(trial.params), gpu=bool(res.gpu), cpus_per_worker=cpus)
     tdir.path.mkdir(parents=True, exist_ok=True)
     fatal = tdir.fatal_error
     if fatal is not None and not ctx.resume:
@@ -191,7 +191,7 @@ def run_trial(config: dict, ctx: SweepContext) -> None:
     else:
         tdir.clear_summary()
         trainer = make_trainer(
-            cfg, tdir.path, workers=res.workers, gpu=res.gpu, cpus_per_worker=cpus,
+            cfg, tdir.path, workers=res.workers, gpu=bool(res.gpu), cpus_per_worker=cpus,
             storage_path=f"{ctx.storage_root}/{tdir.name}/ray" if ctx.storage_root else str(tdir.path / "ray"),
             name=f"train_{tune.get_context().get_trial_id()}", callbacks=[TuneReportCallback()],
             initial_checkpoint=str(tdir.checkpoint) if tdir.checkpoint else None,
