@@ -28,7 +28,8 @@ Like is compared with like: the plain loop with 1 torch thread vs 1 Ray Train wo
 1 thread) and vs a Tune trial (`resources.workers: 1`, 1 CPU: the loop runs inside the trial
 process); 2 Ray Train workers (1 CPU and 1 thread each, the same global batch split over
 them, gloo all-reduces) vs the plain loop with 2 threads. Ratio = launcher steps/s / plain
-steps/s (target >= 0.9). One `ray.init` (local, this machine's CPUs) serves all Ray
+steps/s (target >= 0.9; 0.85 for 2 workers, issue 17). The 2-worker row's note gives the
+collectives per step from the run's summary (`data_parallel`). One `ray.init` (local, this machine's CPUs) serves all Ray
 measurements; it is shut down at the end unless Ray was already running. The sweep runs
 without MLflow tracking (tracker=False): tracking is measured nowhere here. With `quick`,
 only the plain loop and the Tune trial run (Ray Train's worker start-up alone is ~8 s).
@@ -82,6 +83,7 @@ def _measure(run_dir: Path, call_start: float, call_end: float) -> dict:
         "overhead": max(0.0, (call_end - call_start) - summary["seconds"]),
         "wall": call_end - call_start,
         "loop_seconds": summary["seconds"],
+        "data_parallel": summary.get("data_parallel"),
     }
 
 
@@ -188,13 +190,14 @@ def run(quick: bool = False) -> list[dict]:
             sec = ours["second"]
             note += (f"; a second trial in the reused trial process: launch {sec['launch']:.2f} s + loop setup and step "
                      f"{sec['loop_first_step']:.1f} s; run_sweep returns {sec['tail']:.1f} s after the last loop")
-        if "2 workers" in label:
-            note += ("; 2 workers are bound by the drift loss's global batch means: one gloo all-reduce per feature "
-                     "set and mean (~75 per step here), each ~0.3 ms idle and more under load, which a 2-thread process does not pay")
+        dp = ours.get("data_parallel")
+        if dp:
+            note += (f"; collectives per step: {dp['drift_loss_all_reduces_per_step']:g} drift-loss all-reduces (all feature sets' "
+                     f"global statistics; 75 before issue 17) + {dp.get('gradient_buckets', '?')} DDP gradient bucket(s)")
         rows.append({
             "benchmark": "orchestration: steady-state steps/s", "case": f"{case}; {label}",
             "baseline": base["steps_per_sec"], "ours": ours["steps_per_sec"], "unit": "steps/s",
-            "ratio": ours["steps_per_sec"] / base["steps_per_sec"], "target": 0.9,
+            "ratio": ours["steps_per_sec"] / base["steps_per_sec"], "target": 0.85 if "2 workers" in label else 0.9,
             "note": note,
         })
     return rows

@@ -29,7 +29,7 @@ def reference_drift_loss(
     temperatures: Sequence[float] = (0.02, 0.05, 0.2),
 ) -> tuple[Tensor, dict]:
     B, C_g, S = gen.shape
-    ones = lambda t: torch.ones(t.shape[:2], dtype=torch.float32)  # noqa: E731
+    ones = lambda t: torch.ones(t.shape[:2], dtype=torch.float32, device=gen.device)  # noqa: E731
     with torch.no_grad():
         x = gen.detach().float()
         targets = [x] + ([neg.float()] if neg is not None else []) + [pos.float()]
@@ -49,7 +49,7 @@ def reference_drift_loss(
         x_s, y_s = x / s, y / s
         dist_n = dist / torch.clamp(scale, min=1e-3)
         self_mask = torch.zeros_like(dist_n)
-        self_mask[:, :, :C_g] = torch.eye(C_g).expand(B, C_g, C_g) * 100.0
+        self_mask[:, :, :C_g] = torch.eye(C_g, device=gen.device).expand(B, C_g, C_g) * 100.0
         dist_n = dist_n + self_mask
 
         info = {"scale": scale}

@@ -1,6 +1,6 @@
 """Every benchmark in one run: prints each ratio and writes benchmarks/results.md (+ .json).
 
-    python benchmarks/run.py [--quick] [--only drift,features,orchestration,eval] [--out DIR]
+    python benchmarks/run.py [--quick] [--only drift,features,parallel,step,orchestration,eval,data] [--out DIR]
 
 Ratios are measured side by side in this one process run (baseline and ours on the same
 machine, same inputs, alternating); absolute times are context only. `--quick` shortens
@@ -24,6 +24,8 @@ sys.path.insert(0, str(HERE))
 MODULES = {
     "drift": "bench_drift",
     "features": "bench_features",
+    "parallel": "bench_parallel",
+    "step": "bench_step",
     "orchestration": "bench_orchestration",
     "eval": "bench_eval",
     "data": "bench_data",

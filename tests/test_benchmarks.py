@@ -56,3 +56,40 @@ def test_kernel_paths_agree_with_reference_on_benchmark_inputs(chunk, scales):
     for k in i2:
         if k.startswith("loss_R"):
             assert _rel_err(i1[k], i2[k]) <= 1e-4, k
+
+
+def test_gpu_check_runs_its_every_part_on_the_cpu(tmp_path):
+    """benchmarks/gpu_check.py --tiny: the kernel rows (ours equal to the float32 reference),
+    the training step with its FLOP count, the step's four parts profiled, evaluation throughput, and the written table:
+    the script the GPU machine runs works before device time is spent on it."""
+    import json
+
+    import gpu_check
+
+    assert gpu_check.main(["--tiny", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "results_gpu.json").read_text())["rows"]
+    kernel = [r for r in rows if r["check"] == "drift_kernel"]
+    assert {(r["impl"], r["dtype"]) for r in kernel} == {(i, d) for i in ("reference", "ours") for d in ("float32", "bfloat16")}
+    for r in kernel:
+        if (r["impl"], r["dtype"]) == ("ours", "float32"):
+            assert float(r["rel_diff_loss"]) <= 1e-5 and float(r["rel_diff_grad"]) <= 1e-4, r
+    step = next(r for r in rows if r["check"] == "train_step_bf16")
+    assert step["tflops_per_step"] > 0 and step["generated_samples_per_s"] > 0
+    prof = next(r for r in rows if r["check"] == "step_profile_bf16")
+    assert len(prof["ms"]) == 4 and all(v > 0 for v in prof["ms"].values()), prof
+    assert abs(sum(prof["share"].values()) - 1) < 0.01 and prof["feature_sets"] > 1
+    ev = next(r for r in rows if r["check"] == "evaluation_bf16")
+    assert ev["generated_samples_per_s"] > 0 and ev["mae_feature_images_per_s"] > 0
+    md = (tmp_path / "results_gpu.md").read_text()
+    assert md.startswith("# GPU check") and md.count("| drift_kernel |") == len(kernel)
+
+
+def test_step_profile_benchmark_row():
+    """bench_step (the CPU, scaled-down step profile run.py reports): one row whose total is
+    the sum of the four named parts in its note."""
+    import bench_step
+
+    (row,) = bench_step.run(quick=True)
+    assert row["unit"] == "ms" and row["ours"] > 0
+    for part in ("encoder on data samples", "generator fwd+bwd", "encoder fwd+bwd on generated", "drift loss fwd+bwd"):
+        assert part in row["note"], part
