@@ -167,7 +167,8 @@ class _Run:
         self.n_groups = s.n_classes // ctx.world  # class groups of this rank
         self.data_x = self.dataset.x.to(ctx.device)
         self.class_spread = class_spread(self.dataset.x, self.dataset.y, self.dataset.num_classes)  # spread_ratio's reference
-        self.opt = torch.optim.AdamW(self.generator.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+        # fused: one kernel for the whole update (CPU and CUDA; the same AdamW up to rounding)
+        self.opt = torch.optim.AdamW(self.generator.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay, fused=True)
         self.ema = EMA(self.generator, tc.ema_decay)
         self.start_step = 0
         self.amp = torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
@@ -177,6 +178,7 @@ class _Run:
         self.generator.load_state_dict(state["generator"])
         self.ema.model.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["optimizer"])
+        _match_layout(self.opt)
         self.start_step = int(state["step"])
         if self.stream is not None:  # the stream continues where the run left it (each rank its own)
             expected = state.get("data_stream") if self.ctx.rank == 0 else None
@@ -425,3 +427,15 @@ def _train(cfg: Config, out_dir, stop: StopSignals, *, reporter, resume, progres
         summary["seconds"] = round(ctx.elapsed(), 2)
     write_summary(ctx, summary)
     return summary
+
+
+def _match_layout(opt: torch.optim.Optimizer) -> None:
+    """Give every optimiser state tensor its parameter's memory layout. A checkpoint keeps
+    the layout it was saved in (NCHW or channels-last conv weights, train.channels_last),
+    and the fused AdamW walks parameter and state as flat memory: a state of the other
+    layout would be updated element by element against the wrong parameter entries."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for k, v in opt.state.get(p, {}).items():
+                if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                    opt.state[p][k] = torch.empty_like(p).copy_(v)
