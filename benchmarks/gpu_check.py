@@ -8,9 +8,11 @@ evaluation throughput on one GPU, written to benchmarks/results_gpu.md.
    tokens as the batch of class groups; 64 generated x 144 targets = 64 generated + 16
    unconditional + 64 positives; 256 to 2560 channels) against the straightforward
    reference (``reference_drift.py``: every intermediate a fresh tensor, as the release
-   writes it), with float32 inputs (TF32 off) and with bfloat16 inputs (the encoder's output
-   under autocast; the loss computes in float32 either way): milliseconds, peak memory and
-   the relative difference of loss and gradient from the float32 reference.
+   writes it), ours at the device's default chunk size and at the other device's (2^25
+   elements per chunk on a GPU, 2^20 on a CPU), with float32 inputs (TF32 off) and with
+   bfloat16 inputs (the encoder's output under autocast; the loss computes in float32
+   either way): milliseconds, peak memory and the relative difference of loss and gradient
+   from the float32 reference.
 2. Step: one training step of ``release-b/2`` drifting in a release Latent-MAE's features
    (base 256, layers 3-4-6-3, random weights) at the paper's batch (64 classes x 64
    generated / 64 positive + 16 unconditional, 4x32x32 latents) under bf16 autocast
@@ -31,6 +33,7 @@ is installed. Prints one JSON object per line and writes the table.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -101,7 +104,12 @@ def kernel(device: torch.device, shapes, reps: int) -> list[dict]:
             last["out"] = (loss.detach().float(), x.grad.float())
 
         ref32 = None  # the float32 reference's loss and gradient: what every row is compared with
-        for name, fn in (("reference", reference_drift_loss), ("ours", drift_loss)):
+        # ours with the device's default chunk size, and with the other device's (the GPU
+        # default, 2^25 elements per chunk, is a reasoned guess until this row measures it)
+        other = 1 << 20 if device.type == "cuda" else 1 << 25
+        impls = (("reference", reference_drift_loss), ("ours", drift_loss),
+                 (f"ours chunk=2^{other.bit_length() - 1}", functools.partial(drift_loss, chunk_elems=other)))
+        for name, fn in impls:
             for dtype in (torch.float32, torch.bfloat16):
                 case = {"check": "drift_kernel", "impl": name, "dtype": str(dtype)[6:], "shape": [B, C_g, C_g + C_n + C_p, S]}
                 try:

@@ -71,6 +71,12 @@ _RMS_FLOOR = 1e-8  # floor on a temperature's mean squared force before dividing
 # passes of a chunk stay in the CPU's cache and the working memory is the same for any
 # number of temperatures
 _CHUNK_ELEMS = 1 << 20
+# on a GPU the elementwise passes stream from memory whatever the chunk, and each chunk costs
+# a dozen kernel launches: at the paper's shapes (16k class groups x tokens of 64 x 144 per
+# feature set) CPU-sized chunks would mean ~150 chunks per temperature and set, so a GPU
+# takes chunks of 32M elements (128 MB in float32; a few per temperature). Unmeasured until
+# benchmarks/gpu_check.py runs on a GPU (its kernel rows time both sizes).
+_CHUNK_ELEMS_CUDA = 1 << 25
 # problems of drift_losses that wait for their global statistics together hold at most about
 # this many elements of distances and forces (1 GiB in float32)
 _LOCKSTEP_ELEMS = 1 << 28
@@ -138,7 +144,7 @@ def drift_loss(
     attraction_scale: float = 1.0,
     repulsion_scale: float = 1.0,
     batch_mean: Callable[[Tensor], Tensor] | None = None,
-    chunk_elems: int = _CHUNK_ELEMS,
+    chunk_elems: int | None = None,
     normalization: Normalization = "xy",
     batch_max: Callable[[Tensor], Tensor] | None = None,
     reduce: Reducer | None = None,
@@ -170,6 +176,7 @@ def drift_loss(
         chunk_elems: how many elements of the [B, C_g, N] kernel matrix are processed at
             once (whole class groups, or rows of generated samples when one group is
             larger; see ``_goal_steps``). Only speed and memory depend on it, not the result.
+            None: 2^20 (cache-sized) on a CPU, 2^25 on a GPU (fewer kernel launches).
         normalization: how the logits l = -dn / R become affinities A (see below): "xy"
             (softmax over targets and generated samples, the paper's default and the
             release's computation), "y" (softmax over the targets only) or "none" (the raw
@@ -241,7 +248,7 @@ def drift_losses(
     attraction_scale: float = 1.0,
     repulsion_scale: float = 1.0,
     reduce: Reducer | None = None,
-    chunk_elems: int = _CHUNK_ELEMS,
+    chunk_elems: int | None = None,
     normalization: Normalization = "xy",
     lockstep_elems: int = _LOCKSTEP_ELEMS,
 ) -> list[tuple[Tensor, dict[str, Tensor]]]:
@@ -281,7 +288,8 @@ def drift_losses(
         for group in _lockstep_groups(problems, T, lockstep_elems if reduce is not None else 0):
             with torch.no_grad():
                 prepared = {i: _targets(problems[i]) for i in group}
-                steps = [_goal_steps(*prepared[i], temperatures, a, r, chunk_elems, normalization) for i in group]
+                steps = [_goal_steps(*prepared[i], temperatures, a, r, chunk_elems or _default_chunk(problems[i].gen.device), normalization)
+                         for i in group]
                 goals = _lockstep(steps, reduce)
             for i, (total, s_in, info) in zip(group, goals):
                 # The only differentiable expression (s and the drift are constants):
@@ -292,6 +300,11 @@ def drift_losses(
                 out[i] = (loss, info)
             del prepared, steps, goals
     return out
+
+
+def _default_chunk(device: torch.device) -> int:
+    """``chunk_elems`` when none is given: cache-sized on a CPU, launch-bound sizes on a GPU."""
+    return _CHUNK_ELEMS_CUDA if device.type == "cuda" else _CHUNK_ELEMS
 
 
 def _per_statistic(batch_mean: Callable[[Tensor], Tensor] | None, batch_max: Callable[[Tensor], Tensor] | None) -> Reducer:
