@@ -46,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "platform"))
 sys.path.insert(0, str(HERE))
 
-from gpu_release_check import train_step  # noqa: E402
+from gpu_release_check import step_models, train_step  # noqa: E402
 from reference_drift import reference_drift_loss  # noqa: E402
 
 from drifting_platform.drift import drift_loss  # noqa: E402
@@ -157,12 +157,7 @@ def step_profile(device: torch.device, *, n_classes: int, n_gen: int, n_pos: int
     from drifting_platform.drift import cfg_negative_weight, sample_cfg_alpha
     from drifting_platform.train.objective import group_drift_loss
 
-    torch.manual_seed(0)
-    gen = build_generator(generator, data_shape=shape, num_classes=1001).to(device)
-    with torch.no_grad():  # open the zero-initialised paths, as after some training
-        for p in gen.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    enc = build_encoder("release_mae", shape, **mae).to(device)
+    gen, enc = step_models(device, generator, mae, shape)
     for p in enc.parameters():
         p.requires_grad_(False)
     data = torch.randn(n_classes * n_pos + n_unc, *shape, device=device)

@@ -70,13 +70,19 @@ def parity(golden: Path, device: torch.device) -> list[dict]:
     return rows
 
 
-def train_step(device: torch.device, *, n_classes: int, n_gen: int, n_pos: int, n_unc: int, generator: str, mae: dict, shape, steps: int) -> dict:
+def step_models(device: torch.device, generator: str, mae: dict, shape) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A training step's generator (random weights; its zero-initialised paths opened, as
+    after some training; seed 0) and release Latent-MAE encoder (random weights)."""
     torch.manual_seed(0)
     gen = build_generator(generator, data_shape=shape, num_classes=1001).to(device)
-    with torch.no_grad():  # open the zero-initialised paths, as after some training
+    with torch.no_grad():
         for p in gen.parameters():
             p.add_(torch.randn_like(p) * 0.02)
-    enc = build_encoder("release_mae", shape, **mae).to(device)
+    return gen, build_encoder("release_mae", shape, **mae).to(device)
+
+
+def train_step(device: torch.device, *, n_classes: int, n_gen: int, n_pos: int, n_unc: int, generator: str, mae: dict, shape, steps: int) -> dict:
+    gen, enc = step_models(device, generator, mae, shape)
     opt = torch.optim.AdamW(gen.parameters(), lr=2e-4, betas=(0.9, 0.95), weight_decay=0.01, fused=device.type == "cuda")
     data = torch.randn(n_classes * n_pos + n_unc, *shape, device=device)
     labels = torch.arange(n_classes, device=device).repeat_interleave(n_gen)
