@@ -6,10 +6,10 @@ same code path (``gpu_check.step_profile``, what ``benchmarks/gpu_check.py`` run
 at a size two CPU cores finish in seconds: ``release-s/2`` on 4x16x16 latents, a release MAE
 of base 32 with one block per stage, 4 classes x 16 generated / 16 positives + 4
 unconditional, in float32 (how a CPU trains; without bf16 matrix units a CPU emulates bf16
-matmuls, several times slower, so bf16 here would profile the emulation). Each part is timed alone (median of the repetitions after one warm-up): the
-encoder on the data samples (no gradient), the generator's forward and backward, the
-encoder's forward and backward on the generated samples, the drift loss's forward and
-backward on their features. The shares say where a step's time goes; absolute times on the
+matmuls, several times slower, so bf16 here would profile the emulation). Each part is
+timed alone (median of the repetitions after one warm-up): the encoder on the data samples
+(no gradient), the generator's forward and backward, the encoder's forward and backward on
+the generated samples, the drift loss's forward and backward on their features. The shares say where a step's time goes; absolute times on the
 CPU say nothing about a GPU.
 
     python benchmarks/bench_step.py [--quick]

@@ -59,9 +59,10 @@ def test_kernel_paths_agree_with_reference_on_benchmark_inputs(chunk, scales):
 
 
 def test_gpu_check_runs_its_every_part_on_the_cpu(tmp_path):
-    """benchmarks/gpu_check.py --tiny: the kernel rows (ours equal to the float32 reference),
-    the training step with its FLOP count, the step's four parts profiled, evaluation throughput, and the written table:
-    the script the GPU machine runs works before device time is spent on it."""
+    """benchmarks/gpu_check.py --tiny: the kernel rows (ours, at both chunk sizes, equal to
+    the float32 reference), the training step with its FLOP count, the step's four parts
+    profiled, evaluation throughput, and the written table: the script the GPU machine runs
+    works before device time is spent on it."""
     import json
 
     import gpu_check
@@ -86,8 +87,8 @@ def test_gpu_check_runs_its_every_part_on_the_cpu(tmp_path):
 
 
 def test_step_profile_benchmark_row():
-    """bench_step (the CPU, scaled-down step profile run.py reports): one row whose total is
-    the sum of the four named parts in its note."""
+    """bench_step (the CPU, scaled-down step profile run.py reports): one row in ms that
+    names the step's four parts in its note."""
     import bench_step
 
     (row,) = bench_step.run(quick=True)
